@@ -1,0 +1,42 @@
+"""Who is pulling: the client identity that pairs a HEAD with its GET (DESIGN §2).
+
+Remote address (after trusted proxies), credentials and user agent, hashed so
+that no credential is ever written to the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Sequence
+
+from pullstats_middleware.config import IPNetwork
+
+
+def client_address(peer: str, forwarded_for: str | None, trusted: Sequence[IPNetwork]) -> str:
+    """The address of the client, walking `X-Forwarded-For` back through trusted proxies.
+
+    Each trusted hop appended the address it saw; the first untrusted one from
+    the right is the client. With no trusted proxies the header is ignored, so
+    a client cannot choose its own identity.
+    """
+    if not trusted or not forwarded_for or not _trusted(peer, trusted):
+        return peer
+    hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if not _trusted(hop, trusted):
+            return hop
+    return hops[0] if hops else peer
+
+
+def _trusted(address: str, trusted: Sequence[IPNetwork]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in trusted)
+
+
+def client_id(address: str, authorization: str | None, user_agent: str | None) -> str:
+    raw = f"{address}\n{authorization or ''}\n{user_agent or ''}".encode()
+    return hashlib.blake2b(raw, digest_size=12).hexdigest()

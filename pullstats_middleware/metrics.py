@@ -1,0 +1,114 @@
+"""`PullMetrics`: the store, the background recorder and the public calls on them."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import weakref
+from typing import Any
+
+from pullstats_middleware.config import PullStatsConfig
+from pullstats_middleware.matchers import validate_digest, validate_repository, validate_tag
+from pullstats_middleware.recorder import Recorder
+from pullstats_middleware.store import MemoryStore, RedisStore, Store
+
+log = logging.getLogger("pullstats_middleware")
+
+
+class PullMetrics:
+    """Owns one store and one recorder. Share one instance per process.
+
+    `track_*` return at once (no I/O); `flush` waits until what was tracked is
+    in the store; `get_*_statistics` read the store (I/O) and return the
+    seed's JSON shapes as dicts.
+    """
+
+    def __init__(self, config: PullStatsConfig | None = None, *, store: Store | None = None):
+        self.config = config = config or PullStatsConfig()
+        if store is None:
+            if config.redis is not None:
+                store = RedisStore(config.redis.client(), prefix=config.key_prefix)
+            else:
+                log.warning(
+                    "pull statistics: no PULL_METRICS_REDIS or USER_EVENTS_REDIS configured; "
+                    "counting in process memory (lost on exit, not shared between processes)"
+                )
+                store = MemoryStore()
+        self.store = store
+        self.recorder = Recorder(
+            store,
+            flush_interval=config.flush_interval,
+            max_keys=config.buffer_max_keys,
+            batch_max_keys=config.batch_max_keys,
+            window=config.resolution_window,
+        )
+        self._closed = False
+        ref = weakref.ref(self)
+        atexit.register(_close_at_exit, ref)
+
+    # -- recording (request thread, no I/O) --------------------------------
+
+    def track_tag_pull(self, repository: str, tag: str, digest: str) -> None:
+        """Count a pull of `repository:tag`, which served manifest `digest`."""
+        _check(validate_repository(repository) or validate_tag(tag) or validate_digest(digest))
+        self.recorder.add_tag_pull(repository, tag, digest)
+
+    def track_manifest_pull(self, repository: str, digest: str) -> None:
+        """Count a pull of `repository@digest`."""
+        _check(validate_repository(repository) or validate_digest(digest))
+        self.recorder.add_manifest_pull(repository, digest)
+
+    # -- reading (I/O) -------------------------------------------------------
+
+    def get_tag_statistics(
+        self, repository: str, tag: str, current_digest: str | None = None
+    ) -> dict[str, Any]:
+        """The tag's counts; `current_digest` (what the tag points to now, when the
+        registry told us) overrides the digest of the tag's last pull."""
+        _check(validate_repository(repository) or validate_tag(tag))
+        record = self.store.read_tag(repository, tag)
+        digest = current_digest or record.current_manifest_digest
+        manifest = self.store.read_manifest(repository, digest) if digest else None
+        return {
+            "tag_name": tag,
+            "tag_pull_count": record.pull_count,
+            "last_tag_pull_date": record.last_pull_date,
+            "current_manifest_digest": digest,
+            "manifest_pull_count": manifest.pull_count if manifest else 0,
+            "last_manifest_pull_date": manifest.last_pull_date if manifest else None,
+        }
+
+    def get_manifest_statistics(self, repository: str, digest: str) -> dict[str, Any]:
+        _check(validate_repository(repository) or validate_digest(digest))
+        record = self.store.read_manifest(repository, digest)
+        return {
+            "manifest_digest": digest,
+            "manifest_pull_count": record.pull_count,
+            "last_manifest_pull_date": record.last_pull_date,
+        }
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Block until every pull tracked so far is in the store; False on timeout."""
+        return self.recorder.flush(timeout)
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Flush (within `timeout`, default PULL_METRICS_SHUTDOWN_TIMEOUT) and stop."""
+        if self._closed:
+            return True
+        self._closed = True
+        flushed = self.recorder.close(self.config.shutdown_timeout if timeout is None else timeout)
+        self.store.close()
+        return flushed
+
+
+def _check(problem: str | None) -> None:
+    if problem:
+        raise ValueError(problem)
+
+
+def _close_at_exit(ref: weakref.ref[PullMetrics]) -> None:
+    metrics = ref()
+    if metrics is not None:
+        metrics.close()

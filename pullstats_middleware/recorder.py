@@ -1,0 +1,292 @@
+"""The bounded, coalescing buffer and the thread that empties it into a store.
+
+The request thread only ever touches dicts under a lock (DESIGN §7): repeated
+pulls of one key are one counter, so the buffer's size is the number of
+distinct keys, capped. A daemon thread swaps the buffer out, cuts it into
+batches, and applies each batch under an id it keeps until the store
+acknowledges it, retrying with backoff while the store is unreachable.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+import weakref
+from collections import deque
+from typing import Any
+
+from pullstats_middleware.store.base import (
+    Batch,
+    DigestFetch,
+    ManifestDelta,
+    Resolution,
+    Store,
+    TagDelta,
+    iso_date,
+)
+
+log = logging.getLogger("pullstats_middleware")
+
+_BACKOFF_FIRST = 0.05
+_BACKOFF_MAX = 5.0
+_WARN_EVERY = 60.0  # seconds between repeated warnings of one kind
+
+
+class Recorder:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        flush_interval: float = 1.0,
+        max_keys: int = 100_000,
+        batch_max_keys: int = 1_000,
+        window: float = 30.0,
+    ) -> None:
+        self.store = store
+        self.flush_interval = flush_interval
+        self.max_keys = max_keys
+        self.batch_max_keys = batch_max_keys
+        self.window = window
+        self.dropped = 0  # pulls refused because the buffer was full
+        self.skipped_keys = 0  # keys the store refused (foreign data in them)
+        self._last_warning: dict[str, float] = {}
+        self._reset()
+        _live.add(self)
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._tags: dict[tuple[str, str], list[Any]] = {}  # -> [count, ts, digest]
+        self._manifests: dict[tuple[str, str], list[float]] = {}  # -> [count, ts]
+        self._events: list[Resolution | DigestFetch] = []
+        self._pending: deque[Batch] = deque()
+        self._wake = threading.Event()  # flush now
+        self._stop = threading.Event()  # cut a retry backoff short: closing
+        self._done = threading.Condition(threading.Lock())
+        self._cycles_started = 0
+        self._cycles_done = 0
+        self._closing = False
+        self._thread: threading.Thread | None = None
+
+    # -- request thread -------------------------------------------------
+
+    def add_tag_pull(self, repository: str, tag: str, digest: str) -> None:
+        now = time.time()
+        with self._lock:
+            entry = self._tags.get((repository, tag))
+            if entry is None:
+                if self._full():
+                    self._drop()
+                    return
+                self._tags[(repository, tag)] = [1, now, digest]
+            else:
+                entry[0] += 1
+                entry[1] = now
+                entry[2] = digest
+            self._add_manifest(repository, digest, now)
+        if self._thread is None:
+            self._start()
+
+    def add_manifest_pull(self, repository: str, digest: str) -> None:
+        now = time.time()
+        with self._lock:
+            self._add_manifest(repository, digest, now)
+        if self._thread is None:
+            self._start()
+
+    def add_event(self, event: Resolution | DigestFetch) -> None:
+        with self._lock:
+            if self._full():
+                self._drop()
+                return
+            self._events.append(event)
+            if isinstance(event, DigestFetch):
+                self._add_manifest(event.repository, event.digest, event.ts)
+        if self._thread is None:
+            self._start()
+
+    def _add_manifest(self, repository: str, digest: str, now: float) -> None:
+        entry = self._manifests.get((repository, digest))
+        if entry is None:
+            if self._full():
+                self._drop()
+                return
+            self._manifests[(repository, digest)] = [1, now]
+        else:
+            entry[0] += 1
+            if now > entry[1]:
+                entry[1] = now
+
+    def _full(self) -> bool:
+        return len(self._tags) + len(self._manifests) + len(self._events) >= self.max_keys
+
+    def _drop(self) -> None:
+        self.dropped += 1
+        self._warn(
+            "full",
+            "pull statistics buffer is full (%d keys); new keys are dropped "
+            "(%d so far) until the store catches up",
+            self.max_keys,
+            self.dropped,
+        )
+
+    def _warn(self, kind: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last_warning.get(kind, -_WARN_EVERY) >= _WARN_EVERY:
+            self._last_warning[kind] = now
+            log.warning(message, *args)
+
+    def _start(self) -> None:
+        with self._done:
+            if self._thread is None and not self._closing:
+                self._thread = threading.Thread(
+                    target=self._run, name="pullstats-recorder", daemon=True
+                )
+                self._thread.start()
+
+    # -- flush thread ---------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            with self._done:
+                self._cycles_started += 1
+                cycle = self._cycles_started
+                closing = self._closing
+            if self._cycle():
+                with self._done:
+                    self._cycles_done = cycle
+                    self._done.notify_all()
+            if closing:
+                return
+
+    def _cycle(self) -> bool:
+        """Apply what is pending, then what is buffered; False if the store failed."""
+        if not self._apply_pending():
+            return False
+        self._take()
+        return self._apply_pending()
+
+    def _take(self) -> None:
+        with self._lock:
+            tags, self._tags = self._tags, {}
+            manifests, self._manifests = self._manifests, {}
+            events, self._events = self._events, []
+        # Cut into batches outside the lock; dates are formatted here, not per pull.
+        size = self.batch_max_keys
+        batch = Batch(uuid.uuid4().hex)
+        for (repo, tag), (count, ts, digest) in tags.items():
+            batch.tags.append(TagDelta(repo, tag, count, iso_date(ts), digest))
+            batch = self._cut(batch, size)
+        for (repo, digest), (count, ts) in manifests.items():
+            batch.manifests.append(ManifestDelta(repo, digest, int(count), iso_date(ts)))
+            batch = self._cut(batch, size)
+        for event in events:
+            batch.resolutions.append(event)
+            batch = self._cut(batch, size)
+        if len(batch):
+            self._pending.append(batch)
+
+    def _cut(self, batch: Batch, size: int) -> Batch:
+        if len(batch) < size:
+            return batch
+        self._pending.append(batch)
+        return Batch(uuid.uuid4().hex)
+
+    def _apply_pending(self) -> bool:
+        delay = _BACKOFF_FIRST
+        while self._pending:
+            batch = self._pending[0]
+            try:
+                skipped = self.store.apply(batch, window=self.window)
+            except Exception as exc:  # any store failure: keep the batch, retry
+                self._warn(
+                    "store",
+                    "pull statistics store unavailable (%s: %s); keeping %d batch(es) and retrying",
+                    type(exc).__name__,
+                    exc,
+                    len(self._pending),
+                )
+                if self._stop.wait(delay):
+                    return False
+                delay = min(delay * 2, _BACKOFF_MAX)
+                continue
+            self._pending.popleft()
+            if skipped:
+                self.skipped_keys += len(skipped)
+                log.error(
+                    "pull statistics: %d key(s) hold data that is not ours and were not "
+                    "updated: %s",
+                    len(skipped),
+                    ", ".join(skipped[:5]),
+                )
+        return True
+
+    # -- control ----------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Block until every pull added before this call is in the store.
+
+        Returns False when `timeout` passed first (the store is unreachable);
+        the pulls are kept and will still be written.
+        """
+        with self._done:
+            if self._thread is None:
+                if self._closing or not (len(self) or self._pending):
+                    return not self._pending
+                self._thread = threading.Thread(
+                    target=self._run, name="pullstats-recorder", daemon=True
+                )
+                self._thread.start()
+            target = self._cycles_started + 1
+            self._wake.set()
+            return self._done.wait_for(lambda: self._cycles_done >= target, timeout)
+
+    def close(self, timeout: float | None = 5.0) -> bool:
+        """Flush within `timeout`, then stop the thread. Idempotent."""
+        with self._done:
+            if self._closing:
+                return True
+        flushed = self.flush(timeout)
+        with self._done:
+            self._closing = True
+        self._stop.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        _live.discard(self)
+        if not flushed:
+            log.warning(
+                "pull statistics: shutdown flush timed out; %d batch(es) not written",
+                len(self._pending),
+            )
+        return flushed
+
+    def __len__(self) -> int:
+        """Distinct keys buffered (not counting batches waiting for the store)."""
+        return len(self._tags) + len(self._manifests) + len(self._events)
+
+    @property
+    def pending_batches(self) -> int:
+        return len(self._pending)
+
+    def _after_fork_in_child(self) -> None:
+        # The parent keeps and writes its own counts; the child starts empty,
+        # with fresh locks (another thread may have held them at fork time).
+        self._reset()
+
+
+_live: weakref.WeakSet[Recorder] = weakref.WeakSet()
+
+
+def _reset_all_after_fork() -> None:
+    for recorder in list(_live):
+        recorder._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_all_after_fork)

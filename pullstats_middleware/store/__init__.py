@@ -1,0 +1,31 @@
+"""Where pull counts live: Redis in production, process memory by default."""
+
+from pullstats_middleware.store.base import (
+    Batch,
+    DigestFetch,
+    ManifestDelta,
+    ManifestRecord,
+    Resolution,
+    Store,
+    StoreDataError,
+    TagDelta,
+    TagRecord,
+    iso_date,
+)
+from pullstats_middleware.store.memory import MemoryStore
+from pullstats_middleware.store.redis import RedisStore
+
+__all__ = [
+    "Batch",
+    "DigestFetch",
+    "ManifestDelta",
+    "ManifestRecord",
+    "MemoryStore",
+    "RedisStore",
+    "Resolution",
+    "Store",
+    "StoreDataError",
+    "TagDelta",
+    "TagRecord",
+    "iso_date",
+]

@@ -1,0 +1,95 @@
+"""What every store holds and how the recorder hands it work.
+
+A `Batch` is the unit of exactly-once delivery: the recorder gives it an id
+once and re-sends it under that same id until the store acknowledges it, so
+a store that already applied it (a reply lost in transit) must treat the
+re-send as a no-op.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol
+
+
+def iso_date(ts: float) -> str:
+    """`2024-09-08T10:15:00Z`: fixed width, so string order is time order."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+class TagDelta(NamedTuple):
+    repository: str
+    tag: str
+    pulls: int
+    date: str
+    digest: str
+
+
+class ManifestDelta(NamedTuple):
+    repository: str
+    digest: str
+    pulls: int
+    date: str
+
+
+class Resolution(NamedTuple):
+    """A HEAD by tag that resolved `tag` to `digest` for one client."""
+
+    client: str
+    repository: str
+    tag: str
+    digest: str
+    ts: float
+
+
+class DigestFetch(NamedTuple):
+    """A completed GET by digest, which a prior resolution may make a tag pull."""
+
+    client: str
+    repository: str
+    digest: str
+    ts: float
+
+
+@dataclass(slots=True)
+class Batch:
+    id: str
+    tags: list[TagDelta] = field(default_factory=list)
+    manifests: list[ManifestDelta] = field(default_factory=list)
+    # Attribution events, in the order they happened in one process.
+    resolutions: list[Resolution | DigestFetch] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.tags) + len(self.manifests) + len(self.resolutions)
+
+
+class TagRecord(NamedTuple):
+    pull_count: int
+    last_pull_date: str | None
+    current_manifest_digest: str | None
+
+
+class ManifestRecord(NamedTuple):
+    pull_count: int
+    last_pull_date: str | None
+
+
+NEVER_PULLED_TAG = TagRecord(0, None, None)
+NEVER_PULLED_MANIFEST = ManifestRecord(0, None)
+
+
+class StoreDataError(RuntimeError):
+    """A value in the store is not what the schema says (names the key and field)."""
+
+
+class Store(Protocol):
+    def apply(self, batch: Batch, *, window: float) -> list[str]:
+        """Apply `batch` once; return the keys skipped because they hold foreign data."""
+        ...
+
+    def read_tag(self, repository: str, tag: str) -> TagRecord: ...
+
+    def read_manifest(self, repository: str, digest: str) -> ManifestRecord: ...
+
+    def close(self) -> None: ...

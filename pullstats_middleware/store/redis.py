@@ -1,0 +1,108 @@
+"""The Redis store: the seed's key schema, written by one guarded Lua script."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from typing import TYPE_CHECKING, Any
+
+from pullstats_middleware.store.base import (
+    Batch,
+    DigestFetch,
+    ManifestRecord,
+    StoreDataError,
+    TagRecord,
+    iso_date,
+)
+from pullstats_middleware.store.pairing import CLOCK_SKEW
+
+if TYPE_CHECKING:
+    import redis
+
+_SCRIPT = files("pullstats_middleware.store").joinpath("apply_batch.lua").read_text()
+
+
+class RedisStore:
+    """`{prefix}/tag/{repo}/{tag}` and `{prefix}/manifest/{repo}/{digest}` hashes.
+
+    Everything else lives under `{prefix}/batch/`, `{prefix}/resolution/` and
+    `{prefix}/unclaimed/`, which cannot collide with the two families above.
+    """
+
+    def __init__(
+        self, client: redis.Redis, *, prefix: str = "pull_metrics", batch_ttl: int = 3600
+    ) -> None:
+        self.client = client
+        self.prefix = prefix
+        self._batch_ttl = batch_ttl
+        # register_script runs EVALSHA and reloads on NOSCRIPT (a restarted Redis).
+        self._apply = client.register_script(_SCRIPT)
+
+    def tag_key(self, repository: str, tag: str) -> str:
+        return f"{self.prefix}/tag/{repository}/{tag}"
+
+    def manifest_key(self, repository: str, digest: str) -> str:
+        return f"{self.prefix}/manifest/{repository}/{digest}"
+
+    def apply(self, batch: Batch, *, window: float) -> list[str]:
+        p = self.prefix
+        keys = [f"{p}/batch/{batch.id}"]
+        args: list[Any] = [
+            self._batch_ttl,
+            len(batch.tags),
+            len(batch.manifests),
+            len(batch.resolutions),
+            window,
+            CLOCK_SKEW,
+            p,
+        ]
+        for t in batch.tags:
+            keys.append(f"{p}/tag/{t.repository}/{t.tag}")
+            args += (t.pulls, t.date, t.digest)
+        for m in batch.manifests:
+            keys.append(f"{p}/manifest/{m.repository}/{m.digest}")
+            args += (m.pulls, m.date)
+        for e in batch.resolutions:
+            tail = f"{e.client}/{e.repository}/{e.digest}"
+            keys += (f"{p}/resolution/{tail}", f"{p}/unclaimed/{tail}")
+            if isinstance(e, DigestFetch):
+                args += ("g", repr(e.ts), iso_date(e.ts), e.repository, "", e.digest)
+            else:
+                args += ("h", repr(e.ts), iso_date(e.ts), e.repository, e.tag, e.digest)
+        reply = self._apply(keys=keys, args=args)
+        if not isinstance(reply, list) or not reply:
+            raise StoreDataError(f"unexpected reply from the batch script: {reply!r}")
+        return [_text(k) for k in reply[1:]]
+
+    def read_tag(self, repository: str, tag: str) -> TagRecord:
+        key = self.tag_key(repository, tag)
+        count, date, digest = self.client.hmget(
+            key, ["pull_count", "last_pull_date", "current_manifest_digest"]
+        )
+        return TagRecord(_count(key, count), _opt(date), _opt(digest))
+
+    def read_manifest(self, repository: str, digest: str) -> ManifestRecord:
+        key = self.manifest_key(repository, digest)
+        count, date = self.client.hmget(key, ["pull_count", "last_pull_date"])
+        return ManifestRecord(_count(key, count), _opt(date))
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _opt(value: Any) -> str | None:
+    return None if value is None else _text(value)
+
+
+def _count(key: str, value: Any) -> int:
+    if value is None:
+        return 0
+    try:
+        return int(value)
+    except ValueError:
+        raise StoreDataError(
+            f"Redis key {key!r} field 'pull_count' holds {_text(value)!r}, not an integer"
+        ) from None
