@@ -30,14 +30,16 @@ class MemoryStore:
         self._tags: dict[tuple[str, str], TagRecord] = {}
         self._manifests: dict[tuple[str, str], ManifestRecord] = {}
         self._applied: dict[str, float] = {}  # batch id -> expiry
-        self._resolutions: dict[_Key, tuple[float, str]] = {}  # -> (HEAD ts, tag)
-        self._unclaimed: dict[_Key, tuple[float, str]] = {}  # -> (GET ts, date)
+        # Both expire window + skew after they were written, like Redis EX.
+        self._resolutions: dict[_Key, tuple[float, str, float]] = {}  # HEAD ts, tag, expiry
+        self._unclaimed: dict[_Key, tuple[float, str, float]] = {}  # GET ts, date, expiry
         self._batch_ttl = batch_ttl
 
     def apply(self, batch: Batch, *, window: float) -> list[str]:
         now = time.time()
         with self._lock:
-            self._expire(now, window)
+            self._expire(now)
+            expiry = now + window + CLOCK_SKEW
             if batch.id in self._applied:
                 return []
             self._applied[batch.id] = now + self._batch_ttl
@@ -61,14 +63,14 @@ class MemoryStore:
                             event.repository, found[1], 1, iso_date(event.ts), event.digest
                         )
                     else:
-                        self._unclaimed.setdefault(key, (event.ts, iso_date(event.ts)))
+                        self._unclaimed.setdefault(key, (event.ts, iso_date(event.ts), expiry))
                 else:
                     claimed = self._unclaimed.get(key)
                     if claimed is not None and pairs(event.ts, claimed[0], window):
                         del self._unclaimed[key]
                         self._bump_tag(event.repository, event.tag, 1, claimed[1], event.digest)
                     else:
-                        self._resolutions[key] = (event.ts, event.tag)
+                        self._resolutions[key] = (event.ts, event.tag, expiry)
         return []
 
     def _bump_tag(self, repository: str, tag: str, count: int, date: str, digest: str) -> None:
@@ -79,11 +81,10 @@ class MemoryStore:
             new = old._replace(pull_count=old.pull_count + count)
         self._tags[(repository, tag)] = new
 
-    def _expire(self, now: float, window: float) -> None:
+    def _expire(self, now: float) -> None:
         # Cheap enough at batch rate; Redis does the same with EX.
-        horizon = now - window - CLOCK_SKEW
         for table in (self._resolutions, self._unclaimed):
-            for key in [k for k, (ts, _) in table.items() if ts < horizon]:
+            for key in [k for k, entry in table.items() if entry[2] < now]:
                 del table[key]
         for batch_id in [b for b, expiry in self._applied.items() if expiry < now]:
             del self._applied[batch_id]

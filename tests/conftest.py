@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from pullstats_middleware import PullMetrics, PullStatsConfig
+from pullstats_middleware.demo_registry import MemoryRegistry
+from pullstats_middleware.store import MemoryStore, RedisStore, Store
+from tests.apps import Driver, make_driver
+from tests.e2e.services import RedisServer
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A private redis-server for the session; tests that stop it restart it."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def real_redis(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    if not redis_server.running:
+        redis_server.start()
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    yield client
+    client.close()
+
+
+def _store(request: pytest.FixtureRequest) -> Store:
+    if request.param == "memory":
+        return MemoryStore()
+    if request.param == "fakeredis":
+        import fakeredis
+
+        return RedisStore(fakeredis.FakeRedis())
+    return RedisStore(request.getfixturevalue("real_redis"))
+
+
+@pytest.fixture(params=["memory", "fakeredis", "redis"])
+def store(request: pytest.FixtureRequest) -> Store:
+    """Every store, through the same cases; `redis` is a real redis-server."""
+    return _store(request)
+
+
+@pytest.fixture(params=["fakeredis", "redis"])
+def redis_store(request: pytest.FixtureRequest) -> RedisStore:
+    store = _store(request)
+    assert isinstance(store, RedisStore)
+    return store
+
+
+@pytest.fixture
+def registry() -> MemoryRegistry:
+    reg = MemoryRegistry()
+    for repo in ("library/hello", "library/multi/manifests/tools"):
+        reg.push_image(repo, "v1", b"layer of " + repo.encode())
+    reg.push_index("library/multi", "latest", ["linux/amd64", "linux/arm64"])
+    reg.push_image("private/app", "v1", b"secret layer")
+    reg.protect("private/app", "alice", "wonderland")
+    return reg
+
+
+@pytest.fixture
+def config() -> PullStatsConfig:
+    return PullStatsConfig(enabled=True, flush_interval=0.05)
+
+
+@pytest.fixture
+def metrics(config: PullStatsConfig) -> Iterator[PullMetrics]:
+    m = PullMetrics(config, store=MemoryStore())
+    yield m
+    m.close()
+
+
+@pytest.fixture(params=["wsgi", "asgi"])
+def client(
+    request: pytest.FixtureRequest,
+    registry: MemoryRegistry,
+    config: PullStatsConfig,
+    metrics: PullMetrics,
+) -> Driver:
+    """The test registry behind one of the two middlewares."""
+    return make_driver(request.param, registry, config, metrics)
+
+
+@pytest.fixture(params=["wsgi", "asgi"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)

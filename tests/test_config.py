@@ -1,0 +1,142 @@
+"""DESIGN §4: one validated config; every bad value names its key."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+
+import pytest
+
+from pullstats_middleware import ConfigError, PullMetrics, PullStatsConfig, RedisSettings
+from pullstats_middleware.store import MemoryStore, RedisStore
+
+
+def test_defaults() -> None:
+    config = PullStatsConfig()
+    assert config.enabled is False
+    assert config.redis is None
+    assert config.key_prefix == "pull_metrics"
+    assert config.auth == "registry"
+    assert config.resolution_window == 30.0
+
+
+def test_seed_keys_from_a_mapping() -> None:
+    config = PullStatsConfig.from_mapping(
+        {
+            "FEATURE_IMAGE_PULL_STATS": True,
+            "PULL_METRICS_REDIS": {
+                "host": "redis.internal",
+                "port": 6380,
+                "password": "pw",
+                "ssl": True,
+                "db": 2,
+                "username": "u",
+            },
+            "PULL_METRICS_FLUSH_INTERVAL": 0.5,
+            "PULL_METRICS_TRUSTED_PROXIES": ["10.0.0.0/8"],
+            "SOMETHING_ELSE": "ignored",
+        }
+    )
+    assert config.enabled is True
+    assert config.redis == RedisSettings(
+        host="redis.internal", port=6380, password="pw", ssl=True, db=2, username="u"
+    )
+    assert config.flush_interval == 0.5
+    assert config.trusted_proxies == (ipaddress.ip_network("10.0.0.0/8"),)
+
+
+def test_user_events_redis_is_the_fallback() -> None:
+    fallback = {"USER_EVENTS_REDIS": {"host": "events", "port": 6379}}
+    assert PullStatsConfig.from_mapping(fallback).redis == RedisSettings(host="events")
+    both = {**fallback, "PULL_METRICS_REDIS": {"host": "metrics"}}
+    assert PullStatsConfig.from_mapping(both).redis == RedisSettings(host="metrics")
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://h:1/2", "rediss://u:p@h:6380/0", "unix:///run/redis.sock?db=1"]
+)
+def test_redis_url_forms(url: str) -> None:
+    settings = PullStatsConfig(redis={"url": url}).redis
+    assert settings is not None and settings.url == url
+    client = settings.client()  # parses the URL; connects lazily
+    client.close()
+
+
+def test_describe_hides_the_password() -> None:
+    assert RedisSettings(url="redis://u:secret@h:1/2").describe() == "redis://h:1/2"
+
+
+def test_from_env() -> None:
+    env = {
+        "FEATURE_IMAGE_PULL_STATS": "true",
+        "PULL_METRICS_REDIS": '{"host": "r", "port": 7000}',
+        "PULL_METRICS_BUFFER_MAX_KEYS": "50",
+        "PULL_METRICS_AUTH": "none",
+        "PULL_METRICS_TRUSTED_PROXIES": "10.0.0.1, 192.168.0.0/16",
+    }
+    config = PullStatsConfig.from_env(env)
+    assert config.enabled and config.redis == RedisSettings(host="r", port=7000)
+    assert config.buffer_max_keys == 50 and config.auth == "none"
+    assert len(config.trusted_proxies) == 2
+    assert PullStatsConfig.from_env({"USER_EVENTS_REDIS": "redis://e:1/0"}).redis == RedisSettings(
+        url="redis://e:1/0"
+    )
+
+
+@pytest.mark.parametrize(
+    "mapping, key",
+    [
+        ({"FEATURE_IMAGE_PULL_STATS": "maybe"}, "FEATURE_IMAGE_PULL_STATS"),
+        ({"PULL_METRICS_REDIS": 6379}, "PULL_METRICS_REDIS"),
+        ({"PULL_METRICS_REDIS": {"hots": "x"}}, "PULL_METRICS_REDIS has unknown field(s) hots"),
+        ({"PULL_METRICS_REDIS": {"port": "abc"}}, "PULL_METRICS_REDIS.port"),
+        ({"PULL_METRICS_REDIS": {"url": "http://x"}}, "PULL_METRICS_REDIS.url"),
+        ({"PULL_METRICS_REDIS": "{not json"}, "PULL_METRICS_REDIS: not valid JSON"),
+        ({"USER_EVENTS_REDIS": {"ssl": "perhaps"}}, "USER_EVENTS_REDIS.ssl"),
+        ({"PULL_METRICS_FLUSH_INTERVAL": 0}, "PULL_METRICS_FLUSH_INTERVAL"),
+        ({"PULL_METRICS_FLUSH_INTERVAL": "soon"}, "PULL_METRICS_FLUSH_INTERVAL"),
+        ({"PULL_METRICS_BUFFER_MAX_KEYS": -1}, "PULL_METRICS_BUFFER_MAX_KEYS"),
+        ({"PULL_METRICS_BUFFER_MAX_KEYS": 1.5}, "PULL_METRICS_BUFFER_MAX_KEYS"),
+        ({"PULL_METRICS_KEY_PREFIX": "x/"}, "PULL_METRICS_KEY_PREFIX"),
+        ({"PULL_METRICS_PATH_PREFIX": "registry"}, "PULL_METRICS_PATH_PREFIX"),
+        ({"PULL_METRICS_AUTH": "ldap"}, "PULL_METRICS_AUTH"),
+        ({"PULL_METRICS_AUTH": "no.such.module:policy"}, "PULL_METRICS_AUTH"),
+        ({"PULL_METRICS_TRUSTED_PROXIES": "10.0.0.300"}, "PULL_METRICS_TRUSTED_PROXIES"),
+        ({"PULL_METRICS_RESOLUTION_WINDOW": "inf"}, "PULL_METRICS_RESOLUTION_WINDOW"),
+    ],
+)
+def test_invalid_values_name_their_key(mapping: dict[str, object], key: str) -> None:
+    with pytest.raises(
+        ConfigError, match=key.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")
+    ):
+        PullStatsConfig.from_mapping(mapping)
+
+
+def test_auth_from_a_dotted_path() -> None:
+    config = PullStatsConfig(auth="tests.test_config:allow_all")
+    assert config.auth is allow_all
+
+
+def allow_all(request: object, headers: object) -> bool:
+    return True
+
+
+def test_no_redis_means_the_memory_store_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, "pullstats_middleware"):
+        metrics = PullMetrics(PullStatsConfig(enabled=True))
+    assert isinstance(metrics.store, MemoryStore)
+    assert [r.message for r in caplog.records].count(caplog.records[0].message) == 1
+    assert "process memory" in caplog.records[0].message
+    metrics.close()
+
+
+def test_redis_configured_means_the_redis_store() -> None:
+    metrics = PullMetrics(PullStatsConfig(redis={"url": "redis://127.0.0.1:1/0"}, key_prefix="pm"))
+    assert isinstance(metrics.store, RedisStore) and metrics.store.prefix == "pm"
+    metrics.close(timeout=0.1)
+
+
+def test_config_is_immutable() -> None:
+    config = PullStatsConfig()
+    with pytest.raises(AttributeError):
+        config.enabled = True  # type: ignore[misc]

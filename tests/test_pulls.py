@@ -1,0 +1,167 @@
+"""DESIGN §2: what counts as a pull, through both adapters (the `client` fixture)."""
+
+from __future__ import annotations
+
+import hashlib
+
+from pullstats_middleware import PullMetrics
+from pullstats_middleware.demo_registry import MemoryRegistry
+from tests.apps import Driver
+
+HELLO = "/v2/library/hello/manifests/v1"
+
+
+def tag_stats(metrics: PullMetrics, repo: str, tag: str) -> dict[str, object]:
+    return metrics.get_tag_statistics(repo, tag)
+
+
+def test_pull_by_tag_counts_tag_and_manifest(client: Driver, metrics: PullMetrics) -> None:
+    result = client.get(HELLO)
+    assert result.status == 200 and result.error is None
+    digest = result.headers["docker-content-digest"]
+    client.flush()
+    stats = tag_stats(metrics, "library/hello", "v1")
+    assert stats["tag_pull_count"] == 1
+    assert stats["current_manifest_digest"] == digest
+    assert stats["manifest_pull_count"] == 1
+    assert isinstance(stats["last_tag_pull_date"], str) and stats["last_tag_pull_date"].endswith(
+        "Z"
+    )
+
+
+def test_pull_by_digest_counts_only_the_manifest(
+    client: Driver, metrics: PullMetrics, registry: MemoryRegistry
+) -> None:
+    digest = registry.repositories["library/hello"].tags["v1"]
+    assert client.get(f"/v2/library/hello/manifests/{digest}").status == 200
+    client.flush()
+    assert tag_stats(metrics, "library/hello", "v1")["tag_pull_count"] == 0
+    assert metrics.get_manifest_statistics("library/hello", digest)["manifest_pull_count"] == 1
+
+
+def test_repeated_pulls_coalesce_into_exact_counts(client: Driver, metrics: PullMetrics) -> None:
+    for _ in range(25):
+        client.get(HELLO)
+    client.flush()
+    stats = tag_stats(metrics, "library/hello", "v1")
+    assert (stats["tag_pull_count"], stats["manifest_pull_count"]) == (25, 25)
+
+
+def test_multi_arch_index_then_platform_manifest(
+    client: Driver, metrics: PullMetrics, registry: MemoryRegistry
+) -> None:
+    index = client.get("/v2/library/multi/manifests/latest")
+    assert index.status == 200
+    amd64 = index.json()["manifests"][0]["digest"]
+    assert client.get(f"/v2/library/multi/manifests/{amd64}").status == 200
+    client.flush()
+    stats = tag_stats(metrics, "library/multi", "latest")
+    assert stats["tag_pull_count"] == 1
+    assert stats["current_manifest_digest"] == index.headers["docker-content-digest"]
+    assert stats["manifest_pull_count"] == 1  # the index digest
+    assert metrics.get_manifest_statistics("library/multi", amd64)["manifest_pull_count"] == 1
+
+
+def test_failed_and_non_get_requests_count_nothing(
+    client: Driver, metrics: PullMetrics, registry: MemoryRegistry
+) -> None:
+    digest = registry.repositories["library/hello"].tags["v1"]
+    assert client.get("/v2/private/app/manifests/v1").status == 401
+    assert client.get("/v2/library/hello/manifests/nope").status == 404
+    assert client.get("/v2/library/absent/manifests/v1").status == 404
+    assert client.get("/v2/broken/thing/manifests/v1").status == 500
+    assert client.request("DELETE", HELLO).status == 405
+    assert client.head(HELLO).status == 200  # "is my image up to date?"
+    assert client.head(f"/v2/library/hello/manifests/{digest}").status == 200
+    client.flush()
+    assert tag_stats(metrics, "library/hello", "v1")["tag_pull_count"] == 0
+    assert metrics.get_manifest_statistics("library/hello", digest)["manifest_pull_count"] == 0
+    for repo in ("private/app", "library/absent", "broken/thing"):
+        assert tag_stats(metrics, repo, "v1")["tag_pull_count"] == 0
+
+
+def test_a_body_not_sent_to_the_end_is_not_a_pull(client: Driver, metrics: PullMetrics) -> None:
+    gone = client.request("GET", "/v2/chunky/hello/manifests/v1", hang_up_after=1)
+    assert gone.status == 200
+    client.flush()
+    assert tag_stats(metrics, "chunky/hello", "v1")["tag_pull_count"] == 0
+    # the same request, read to the end, counts
+    assert client.get("/v2/chunky/hello/manifests/v1").status == 200
+    client.flush()
+    assert tag_stats(metrics, "chunky/hello", "v1")["tag_pull_count"] == 1
+
+
+def test_the_apps_own_exception_propagates_unchanged_and_counts_nothing(
+    client: Driver, metrics: PullMetrics
+) -> None:
+    result = client.get("/v2/explode/hello/manifests/v1")
+    assert isinstance(result.error, RuntimeError)
+    assert str(result.error) == "the app failed mid-body"
+    client.flush()
+    assert tag_stats(metrics, "explode/hello", "v1")["tag_pull_count"] == 0
+
+
+def test_missing_digest_header_falls_back_to_sha256_of_the_body(
+    client: Driver, metrics: PullMetrics
+) -> None:
+    result = client.get("/v2/nodigest/hello/manifests/v1")
+    assert "docker-content-digest" not in result.headers
+    client.flush()
+    stats = tag_stats(metrics, "nodigest/hello", "v1")
+    assert stats["tag_pull_count"] == 1
+    assert stats["current_manifest_digest"] == "sha256:" + hashlib.sha256(result.body).hexdigest()
+
+
+def test_a_repository_with_a_manifests_component(client: Driver, metrics: PullMetrics) -> None:
+    assert client.get("/v2/library/multi/manifests/tools/manifests/v1").status == 200
+    client.flush()
+    assert tag_stats(metrics, "library/multi/manifests/tools", "v1")["tag_pull_count"] == 1
+
+
+def test_pulls_with_credentials_are_counted(client: Driver, metrics: PullMetrics) -> None:
+    import base64
+
+    auth = "Basic " + base64.b64encode(b"alice:wonderland").decode()
+    assert client.get("/v2/private/app/manifests/v1", authorization=auth).status == 200
+    client.flush()
+    assert tag_stats(metrics, "private/app", "v1")["tag_pull_count"] == 1
+
+
+def test_containerd_head_by_tag_then_get_by_digest_is_one_tag_pull(
+    client: Driver, metrics: PullMetrics
+) -> None:
+    head = client.head(HELLO, user_agent="containerd/1.7")
+    digest = head.headers["docker-content-digest"]
+    assert (
+        client.get(f"/v2/library/hello/manifests/{digest}", user_agent="containerd/1.7").status
+        == 200
+    )
+    # a second GET of the same digest is a digest pull, not another tag pull
+    assert (
+        client.get(f"/v2/library/hello/manifests/{digest}", user_agent="containerd/1.7").status
+        == 200
+    )
+    client.flush()
+    stats = tag_stats(metrics, "library/hello", "v1")
+    assert (stats["tag_pull_count"], stats["manifest_pull_count"]) == (1, 2)
+
+
+def test_a_get_by_digest_from_another_client_is_not_attributed(
+    client: Driver, metrics: PullMetrics
+) -> None:
+    digest = client.head(HELLO, user_agent="containerd/1.7").headers["docker-content-digest"]
+    client.get(f"/v2/library/hello/manifests/{digest}", user_agent="skopeo/1.9")
+    client.flush()
+    assert tag_stats(metrics, "library/hello", "v1")["tag_pull_count"] == 0
+    assert metrics.get_manifest_statistics("library/hello", digest)["manifest_pull_count"] == 1
+
+
+def test_non_manifest_requests_pass_through_untouched(
+    client: Driver, metrics: PullMetrics, registry: MemoryRegistry
+) -> None:
+    blob = next(iter(registry.blobs))
+    assert client.get("/v2/").status == 200
+    assert client.get(f"/v2/library/hello/blobs/{blob}").body == registry.blobs[blob]
+    assert client.get("/v2/_catalog").json()["repositories"]
+    client.flush()
+    assert len(metrics.recorder) == 0
