@@ -52,7 +52,9 @@ class MemoryRegistry:
         self.blobs[digest] = data
         return digest
 
-    def add_manifest(self, repository: str, body: bytes, media_type: str, tag: str | None = None) -> str:
+    def add_manifest(
+        self, repository: str, body: bytes, media_type: str, tag: str | None = None
+    ) -> str:
         repo = self.repositories.setdefault(repository, Repository())
         digest = sha256(body)
         repo.manifests[digest] = (media_type, body)
@@ -61,11 +63,17 @@ class MemoryRegistry:
         return digest
 
     def push_image(
-        self, repository: str, tag: str | None, content: bytes = b"hello", platform: str = "linux/amd64"
+        self,
+        repository: str,
+        tag: str | None,
+        content: bytes = b"hello",
+        platform: str = "linux/amd64",
     ) -> str:
         """A one-layer image; returns its manifest digest."""
         os_, _, arch = platform.partition("/")
-        config = json.dumps({"architecture": arch, "os": os_, "rootfs": {"type": "layers"}}).encode()
+        config = json.dumps(
+            {"architecture": arch, "os": os_, "rootfs": {"type": "layers"}}
+        ).encode()
         manifest = {
             "schemaVersion": 2,
             "mediaType": OCI_MANIFEST,
@@ -120,7 +128,11 @@ class MemoryRegistry:
                 return denied
             if tail not in self.blobs:
                 return _error(404, "BLOB_UNKNOWN", "blob unknown to registry")
-            return 200, _content("application/octet-stream", self.blobs[tail], tail), self.blobs[tail]
+            return (
+                200,
+                _content("application/octet-stream", self.blobs[tail], tail),
+                self.blobs[tail],
+            )
         name, sep, tail = path[len("/v2/") :].rpartition("/tags/list")
         if sep and not tail and name in self.repositories:
             denied = _authenticate(self.repositories[name], headers)
@@ -188,4 +200,8 @@ def starlette_app(registry: MemoryRegistry) -> object:
             response.headers[name] = value
         return response
 
-    return Starlette(routes=[Route("/{path:path}", serve, methods=["GET", "HEAD", "PUT", "POST", "PATCH", "DELETE"])])
+    return Starlette(
+        routes=[
+            Route("/{path:path}", serve, methods=["GET", "HEAD", "PUT", "POST", "PATCH", "DELETE"])
+        ]
+    )

@@ -14,6 +14,8 @@ from pullstats_middleware.store import MemoryStore, RedisStore, Store
 
 log = logging.getLogger("pullstats_middleware")
 
+_VALID_CACHE = 10_000
+
 
 class PullMetrics:
     """Owns one store and one recorder. Share one instance per process.
@@ -43,20 +45,35 @@ class PullMetrics:
             window=config.resolution_window,
         )
         self._closed = False
+        self._valid: set[tuple[str, str, str]] = set()
         ref = weakref.ref(self)
         atexit.register(_close_at_exit, ref)
 
     # -- recording (request thread, no I/O) --------------------------------
 
     def track_tag_pull(self, repository: str, tag: str, digest: str) -> None:
-        """Count a pull of `repository:tag`, which served manifest `digest`."""
-        _check(validate_repository(repository) or validate_tag(tag) or validate_digest(digest))
+        """Count a pull of `repository:tag`, which served manifest `digest`.
+
+        Raises ValueError naming the malformed name; nothing is counted then.
+        """
+        if (repository, tag, digest) not in self._valid:
+            _check(validate_repository(repository) or validate_tag(tag) or validate_digest(digest))
+            self._remember((repository, tag, digest))
         self.recorder.add_tag_pull(repository, tag, digest)
 
     def track_manifest_pull(self, repository: str, digest: str) -> None:
         """Count a pull of `repository@digest`."""
-        _check(validate_repository(repository) or validate_digest(digest))
+        if (repository, "", digest) not in self._valid:
+            _check(validate_repository(repository) or validate_digest(digest))
+            self._remember((repository, "", digest))
         self.recorder.add_manifest_pull(repository, digest)
+
+    def _remember(self, names: tuple[str, str, str]) -> None:
+        # Names repeat (a hot image is pulled again and again): validate each
+        # combination once. Bounded, and a plain set: the GIL makes add safe.
+        if len(self._valid) >= _VALID_CACHE:
+            self._valid.clear()
+        self._valid.add(names)
 
     # -- reading (I/O) -------------------------------------------------------
 

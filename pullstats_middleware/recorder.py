@@ -62,6 +62,7 @@ class Recorder:
         self._manifests: dict[tuple[str, str], list[float]] = {}  # -> [count, ts]
         self._events: list[Resolution | DigestFetch] = []
         self._pending: deque[Batch] = deque()
+        self._pending_keys = 0  # len() of all pending batches, read by _full()
         self._wake = threading.Event()  # flush now
         self._stop = threading.Event()  # cut a retry backoff short: closing
         self._done = threading.Condition(threading.Lock())
@@ -73,26 +74,44 @@ class Recorder:
     # -- request thread -------------------------------------------------
 
     def add_tag_pull(self, repository: str, tag: str, digest: str) -> None:
-        now = time.time()
+        now = _now()
+        tag_key = (repository, tag)
+        manifest_key = (repository, digest)
         with self._lock:
-            entry = self._tags.get((repository, tag))
-            if entry is None:
-                if self._full():
-                    self._drop()
-                    return
-                self._tags[(repository, tag)] = [1, now, digest]
-            else:
+            entry = self._tags.get(tag_key)
+            if entry is not None:
                 entry[0] += 1
                 entry[1] = now
                 entry[2] = digest
-            self._add_manifest(repository, digest, now)
+            elif self._full():
+                self._drop()
+                return
+            else:
+                self._tags[tag_key] = [1, now, digest]
+            counter = self._manifests.get(manifest_key)
+            if counter is not None:
+                counter[0] += 1
+                counter[1] = now
+            elif self._full():
+                self._drop()
+            else:
+                self._manifests[manifest_key] = [1, now]
         if self._thread is None:
             self._start()
 
-    def add_manifest_pull(self, repository: str, digest: str) -> None:
-        now = time.time()
+    def add_manifest_pull(self, repository: str, digest: str, now: float | None = None) -> None:
+        now = _now() if now is None else now
+        key = (repository, digest)
         with self._lock:
-            self._add_manifest(repository, digest, now)
+            counter = self._manifests.get(key)
+            if counter is not None:
+                counter[0] += 1
+                if now > counter[1]:
+                    counter[1] = now
+            elif self._full():
+                self._drop()
+            else:
+                self._manifests[key] = [1, now]
         if self._thread is None:
             self._start()
 
@@ -102,25 +121,16 @@ class Recorder:
                 self._drop()
                 return
             self._events.append(event)
-            if isinstance(event, DigestFetch):
-                self._add_manifest(event.repository, event.digest, event.ts)
-        if self._thread is None:
+        if isinstance(event, DigestFetch):
+            # The fetched manifest counts whatever the pairing decides.
+            self.add_manifest_pull(event.repository, event.digest, event.ts)
+        elif self._thread is None:
             self._start()
 
-    def _add_manifest(self, repository: str, digest: str, now: float) -> None:
-        entry = self._manifests.get((repository, digest))
-        if entry is None:
-            if self._full():
-                self._drop()
-                return
-            self._manifests[(repository, digest)] = [1, now]
-        else:
-            entry[0] += 1
-            if now > entry[1]:
-                entry[1] = now
-
     def _full(self) -> bool:
-        return len(self._tags) + len(self._manifests) + len(self._events) >= self.max_keys
+        # Batches waiting for the store count too: memory stays under one cap.
+        held = len(self._tags) + len(self._manifests) + len(self._events) + self._pending_keys
+        return held >= self.max_keys
 
     def _drop(self) -> None:
         self.dropped += 1
@@ -188,13 +198,18 @@ class Recorder:
             batch.resolutions.append(event)
             batch = self._cut(batch, size)
         if len(batch):
-            self._pending.append(batch)
+            self._queue(batch)
 
     def _cut(self, batch: Batch, size: int) -> Batch:
         if len(batch) < size:
             return batch
-        self._pending.append(batch)
+        self._queue(batch)
         return Batch(uuid.uuid4().hex)
+
+    def _queue(self, batch: Batch) -> None:
+        self._pending.append(batch)
+        with self._lock:
+            self._pending_keys += len(batch)
 
     def _apply_pending(self) -> bool:
         delay = _BACKOFF_FIRST
@@ -215,6 +230,8 @@ class Recorder:
                 delay = min(delay * 2, _BACKOFF_MAX)
                 continue
             self._pending.popleft()
+            with self._lock:
+                self._pending_keys -= len(batch)
             if skipped:
                 self.skipped_keys += len(skipped)
                 log.error(
@@ -279,6 +296,8 @@ class Recorder:
         # with fresh locks (another thread may have held them at fork time).
         self._reset()
 
+
+_now = time.time
 
 _live: weakref.WeakSet[Recorder] = weakref.WeakSet()
 
