@@ -138,7 +138,8 @@ def ours_throughput(url: str, work: list[tuple[str, str, str]]) -> float:
 def eval_per_pull_throughput(url: str, work: list[tuple[str, str, str]]) -> float:
     client = redis.Redis.from_url(url)
     script = client.register_script(
-        "redis.call('HINCRBY', KEYS[1], 'pull_count', 1) redis.call('HSET', KEYS[1], 'last_pull_date', ARGV[1])"
+        "redis.call('HINCRBY', KEYS[1], 'pull_count', 1)"
+        " redis.call('HSET', KEYS[1], 'last_pull_date', ARGV[1])"
         " redis.call('HINCRBY', KEYS[2], 'pull_count', 1) return 1"
     )
     t0 = time.perf_counter()
@@ -376,7 +377,7 @@ def main() -> None:
     header: Row = ("figure", "ours", "baseline (same run)", "difference", "target")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(5)]
     for r in [header, tuple("-" * w for w in widths), *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ class MemoryRegistry:
         return self.add_manifest(repository, _canonical(manifest), OCI_MANIFEST, tag)
 
     def push_index(self, repository: str, tag: str, platforms: list[str]) -> tuple[str, list[str]]:
-        """A multi-arch index over one image per platform; returns (index digest, platform digests)."""
+        """A multi-arch index, one image per platform: (index digest, platform digests)."""
         children = [self.push_image(repository, None, p.encode(), p) for p in platforms]
         index = {
             "schemaVersion": 2,
