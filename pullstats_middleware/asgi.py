@@ -14,7 +14,7 @@ from pullstats_middleware import api
 from pullstats_middleware.config import PullStatsConfig
 from pullstats_middleware.core import Core
 from pullstats_middleware.events import MANIFEST_ACCEPT, ManifestExchange
-from pullstats_middleware.identity import client_address, client_id
+from pullstats_middleware.identity import client_address, client_identity
 from pullstats_middleware.matchers import ManifestRequest, StatsRequest
 from pullstats_middleware.metrics import PullMetrics
 
@@ -94,12 +94,13 @@ class PullStatsASGIMiddleware:
         trusted = self.core.config.trusted_proxies
 
         def client() -> str:
-            headers = _headers(scope)
+            wanted = {b"x-forwarded-for": "", b"authorization": "", b"user-agent": ""}
+            for name, value in scope.get("headers", ()):
+                if name in wanted:  # ASGI header names are lower-case
+                    wanted[name] = value.decode("latin-1")
             peer = scope.get("client")
-            address = client_address(
-                peer[0] if peer else "", headers.get("x-forwarded-for"), trusted
-            )
-            return client_id(address, headers.get("authorization"), headers.get("user-agent"))
+            address = client_address(peer[0] if peer else "", wanted[b"x-forwarded-for"], trusted)
+            return client_identity(address, wanted[b"authorization"], wanted[b"user-agent"])
 
         exchange = self.core.exchange(request, method, client)
 

@@ -37,6 +37,11 @@ def _trusted(address: str, trusted: Sequence[IPNetwork]) -> bool:
     return any(ip in network for network in trusted)
 
 
-def client_id(address: str, authorization: str | None, user_agent: str | None) -> str:
-    raw = f"{address}\n{authorization or ''}\n{user_agent or ''}".encode()
-    return hashlib.blake2b(raw, digest_size=12).hexdigest()
+def client_identity(address: str, authorization: str | None, user_agent: str | None) -> str:
+    """The raw identity, held in memory only; `identity_hash` is what is stored."""
+    return f"{address}\n{authorization or ''}\n{user_agent or ''}"
+
+
+def identity_hash(identity: str) -> str:
+    """Done by the recorder thread, off the request path."""
+    return hashlib.blake2b(identity.encode(), digest_size=12).hexdigest()

@@ -18,6 +18,7 @@ import weakref
 from collections import deque
 from typing import Any
 
+from pullstats_middleware.identity import identity_hash
 from pullstats_middleware.store.base import (
     Batch,
     DigestFetch,
@@ -195,7 +196,7 @@ class Recorder:
             batch.manifests.append(ManifestDelta(repo, digest, int(count), iso_date(ts)))
             batch = self._cut(batch, size)
         for event in events:
-            batch.resolutions.append(event)
+            batch.resolutions.append(event._replace(client=identity_hash(event.client)))
             batch = self._cut(batch, size)
         if len(batch):
             self._queue(batch)

@@ -14,7 +14,7 @@ from pullstats_middleware import api
 from pullstats_middleware.config import PullStatsConfig
 from pullstats_middleware.core import Core
 from pullstats_middleware.events import MANIFEST_ACCEPT, ManifestExchange
-from pullstats_middleware.identity import client_address, client_id
+from pullstats_middleware.identity import client_address, client_identity
 from pullstats_middleware.matchers import ManifestRequest, StatsRequest
 from pullstats_middleware.metrics import PullMetrics
 
@@ -71,7 +71,7 @@ class PullStatsMiddleware:
             address = client_address(
                 environ.get("REMOTE_ADDR", ""), environ.get("HTTP_X_FORWARDED_FOR"), trusted
             )
-            return client_id(
+            return client_identity(
                 address, environ.get("HTTP_AUTHORIZATION"), environ.get("HTTP_USER_AGENT")
             )
 

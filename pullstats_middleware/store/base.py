@@ -34,7 +34,10 @@ class ManifestDelta(NamedTuple):
 
 
 class Resolution(NamedTuple):
-    """A HEAD by tag that resolved `tag` to `digest` for one client."""
+    """A HEAD by tag that resolved `tag` to `digest` for one client.
+
+    `client` is the raw identity on the request thread and its hash in a batch.
+    """
 
     client: str
     repository: str
