@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import anyio.to_thread
 
 from pullstats_middleware import api
@@ -149,7 +150,15 @@ class PullStatsASGIMiddleware:
         }
         answer: dict[str, Any] = {}
 
+        delivered = False
+
         async def receive() -> Message:
+            # One empty body, then wait as a server does until the disconnect
+            # (an app listening for it would otherwise spin).
+            nonlocal delivered
+            if delivered:
+                await anyio.sleep_forever()
+            delivered = True
             return {"type": "http.request", "body": b"", "more_body": False}
 
         async def send(message: Message) -> None:

@@ -13,8 +13,12 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from pullstats_middleware.matchers import OCIMatcher
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -184,7 +188,7 @@ def _error(status: int, code: str, message: str) -> Answer:
     return status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))], body
 
 
-def starlette_app(registry: MemoryRegistry) -> object:
+def starlette_app(registry: MemoryRegistry) -> ASGIApp:
     """The registry as a Starlette app (one catch-all route)."""
     from starlette.applications import Starlette
     from starlette.requests import Request

@@ -52,7 +52,7 @@ def test_lifespan_shutdown_flushes_before_completing() -> None:
     registry.push_image("library/hello", "v1")
     config = PullStatsConfig(enabled=True, flush_interval=3600)  # only the shutdown flushes
     metrics = PullMetrics(config, store=MemoryStore())
-    app = PullStatsASGIMiddleware(starlette_app(registry), metrics=metrics)  # type: ignore[arg-type]
+    app = PullStatsASGIMiddleware(starlette_app(registry), metrics=metrics)
     with TestClient(app) as client:
         assert client.get("/v2/library/hello/manifests/v1").status_code == 200
         assert metrics.store.read_tag("library/hello", "v1").pull_count == 0
