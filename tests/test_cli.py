@@ -497,3 +497,17 @@ def test_proxy_command_counts_into_redis(redis_url: str, tmp_path: Path) -> None
     finally:
         stats.close()
     assert "Traceback" not in proxy.err.read_text()
+
+
+def test_the_listening_socket_is_tcp_so_asyncio_sets_nodelay() -> None:
+    """A socket without proto=IPPROTO_TCP gets no TCP_NODELAY from asyncio, and
+    every keep-alive response then waits for a delayed ACK (~40 ms)."""
+    import socket
+
+    from pullstats_middleware import cli
+
+    sock = cli._listen("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()
