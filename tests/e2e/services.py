@@ -19,6 +19,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -510,6 +511,86 @@ def image_ref(host: str, repo: str, tag: str | None = None, digest: str | None =
     if not tag and not digest:
         raise ValueError("tag or digest required")
     return ref
+
+
+# --------------------------------------------------------------------------- #
+# pullstats proxy (the product, as its command runs it)
+# --------------------------------------------------------------------------- #
+
+#: Configuration the proxy would read from the environment; the tests' own settings win.
+_PULLSTATS_ENV_PREFIXES = ("PULL_METRICS_", "FEATURE_IMAGE_PULL_STATS", "USER_EVENTS_REDIS")
+
+
+class PullstatsProxy(_Service):
+    """``python -m pullstats_middleware.cli proxy`` in front of ``upstream``, counting into Redis.
+
+    Records every ``PULL_METRICS_FLUSH_INTERVAL`` (default here 0.05 s) seconds;
+    ``env`` adds or overrides configuration variables.  Its log (uvicorn's
+    access log at ``info``) is in ``logs()``.
+    """
+
+    name = "pullstats-proxy"
+    startup_timeout = 30.0
+
+    def __init__(
+        self,
+        upstream: str,
+        redis_url: str,
+        *,
+        port: int | None = None,
+        flush_interval: float = 0.05,
+        log_level: str = "info",
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.upstream = upstream
+        self.redis_url = redis_url
+        self.flush_interval = flush_interval
+        self.log_level = log_level
+        self.extra_env = dict(env or {})
+        super().__init__(port)
+
+    @property
+    def address(self) -> str:
+        """``127.0.0.1:N`` — the proxy as the registry host of image references."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+    def docker_ref(self, repo: str, tag: str | None = None, digest: str | None = None) -> str:
+        return "docker://" + image_ref(self.address, repo, tag=tag, digest=digest)
+
+    def image_ref(self, repo: str, tag: str | None = None, digest: str | None = None) -> str:
+        return image_ref(self.address, repo, tag=tag, digest=digest)
+
+    def _command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "pullstats_middleware.cli", "proxy",
+            "--upstream", self.upstream,
+            "--host", self.host,
+            "--port", str(self.port),
+            "--redis-url", self.redis_url,
+            "--log-level", self.log_level,
+        ]  # fmt: skip
+
+    def _env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(_PULLSTATS_ENV_PREFIXES)}
+        env["PULL_METRICS_FLUSH_INTERVAL"] = str(self.flush_interval)
+        env.update(self.extra_env)
+        return env
+
+    def _ready(self) -> bool:
+        # The command binds the port itself and exits if it is taken, so an
+        # answer from a live process of ours is an answer from this proxy.
+        return http_status(self.url + "/v2/") in (200, 401)
+
+    def start(self) -> PullstatsProxy:
+        super().start()
+        return self
+
+    def __enter__(self) -> PullstatsProxy:
+        return self.start()
 
 
 # --------------------------------------------------------------------------- #
