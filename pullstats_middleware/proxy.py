@@ -41,6 +41,7 @@ HOP_BY_HOP = frozenset(
 _REPLACED = frozenset(
     (b"host", b"expect", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
 )
+_READ_BYTES = 1 << 20  # upstream socket reads, see _read_bigger_chunks
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _URL_SAFE = bytes(range(0x21, 0x7F)).decode().replace("#", "")
 # No cookie jar: the shared client must never keep one user's Set-Cookie for another.
@@ -99,6 +100,7 @@ class RegistryProxy:
     def client(self) -> httpx2.AsyncClient:
         # Lazily, for servers that skip lifespan; one client (one pool) for all requests.
         if self._client is None:
+            _read_bigger_chunks()
             self._client = httpx2.AsyncClient(
                 follow_redirects=False,
                 timeout=self._timeout,
@@ -292,6 +294,22 @@ async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope, done
                 # blocks (the statistics probe). Nothing to watch; do not spin.
                 return
             done = True
+
+
+def _read_bigger_chunks() -> None:
+    """Let httpcore read up to 1 MiB per socket read instead of 64 KiB.
+
+    A blob streams through Python once per read; with 16x fewer iterations the
+    proxy moves about a third more bytes per second (benchmarks/bench_proxy.py).
+    It is a buffer size, not a hold: a read returns what the socket has. The
+    attribute is httpcore's own class setting; if it ever goes, we read 64 KiB.
+    """
+    try:
+        from httpcore2._async.http11 import AsyncHTTP11Connection
+    except ImportError:
+        return
+    if getattr(AsyncHTTP11Connection, "READ_NUM_BYTES", 0) < _READ_BYTES:
+        AsyncHTTP11Connection.READ_NUM_BYTES = _READ_BYTES
 
 
 def _connection_tokens(headers: Headers) -> frozenset[bytes]:
