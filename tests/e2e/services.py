@@ -370,7 +370,28 @@ def parse_access_log(text: str) -> list[AccessLogEntry]:
     ]
 
 
-class DockerRegistry(_Service):
+class _RegistryEndpoint(_Service):
+    """A service that clients address as a registry host (a registry or a proxy)."""
+
+    @property
+    def address(self) -> str:
+        """``127.0.0.1:N`` — the host part of image references."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+    def docker_ref(self, repo: str, tag: str | None = None, digest: str | None = None) -> str:
+        """``docker://127.0.0.1:N/repo:tag`` or ``docker://127.0.0.1:N/repo@sha256:...``."""
+        return "docker://" + image_ref(self.address, repo, tag=tag, digest=digest)
+
+    def image_ref(self, repo: str, tag: str | None = None, digest: str | None = None) -> str:
+        """``127.0.0.1:N/repo:tag`` (no transport prefix; what ctr expects)."""
+        return image_ref(self.address, repo, tag=tag, digest=digest)
+
+
+class DockerRegistry(_RegistryEndpoint):
     """CNCF distribution 2.x (``docker-registry`` on Debian, ``registry`` upstream).
 
     Filesystem storage in a temp dir, deletes enabled, no cache, optional
@@ -399,23 +420,6 @@ class DockerRegistry(_Service):
         self.storage_dir = self.tmpdir / "storage"
         self.config_path = self.tmpdir / "config.yml"
         self.htpasswd_path = self.tmpdir / "htpasswd"
-
-    @property
-    def address(self) -> str:
-        """``127.0.0.1:N`` — the registry host as used in image references."""
-        return f"{self.host}:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.address}"
-
-    def docker_ref(self, repo: str, tag: str | None = None, digest: str | None = None) -> str:
-        """``docker://127.0.0.1:N/repo:tag`` or ``docker://127.0.0.1:N/repo@sha256:...``."""
-        return "docker://" + image_ref(self.address, repo, tag=tag, digest=digest)
-
-    def image_ref(self, repo: str, tag: str | None = None, digest: str | None = None) -> str:
-        """``127.0.0.1:N/repo:tag`` (no transport prefix; what ctr expects)."""
-        return image_ref(self.address, repo, tag=tag, digest=digest)
 
     def requests(self, since: int = 0) -> list[AccessLogEntry]:
         """Requests served so far (from the access log), starting at index ``since``.
@@ -521,7 +525,7 @@ def image_ref(host: str, repo: str, tag: str | None = None, digest: str | None =
 _PULLSTATS_ENV_PREFIXES = ("PULL_METRICS_", "FEATURE_IMAGE_PULL_STATS", "USER_EVENTS_REDIS")
 
 
-class PullstatsProxy(_Service):
+class PullstatsProxy(_RegistryEndpoint):
     """``python -m pullstats_middleware.cli proxy`` in front of ``upstream``, counting into Redis.
 
     Records every ``PULL_METRICS_FLUSH_INTERVAL`` (default here 0.05 s) seconds;
@@ -548,21 +552,6 @@ class PullstatsProxy(_Service):
         self.log_level = log_level
         self.extra_env = dict(env or {})
         super().__init__(port)
-
-    @property
-    def address(self) -> str:
-        """``127.0.0.1:N`` — the proxy as the registry host of image references."""
-        return f"{self.host}:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.address}"
-
-    def docker_ref(self, repo: str, tag: str | None = None, digest: str | None = None) -> str:
-        return "docker://" + image_ref(self.address, repo, tag=tag, digest=digest)
-
-    def image_ref(self, repo: str, tag: str | None = None, digest: str | None = None) -> str:
-        return image_ref(self.address, repo, tag=tag, digest=digest)
 
     def _command(self) -> list[str]:
         return [
