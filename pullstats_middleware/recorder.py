@@ -251,14 +251,11 @@ class Recorder:
         Returns False when `timeout` passed first (the store is unreachable);
         the pulls are kept and will still be written.
         """
+        if self._thread is None and (len(self) or self._pending):
+            self._start()
         with self._done:
-            if self._thread is None:
-                if self._closing or not (len(self) or self._pending):
-                    return not self._pending
-                self._thread = threading.Thread(
-                    target=self._run, name="pullstats-recorder", daemon=True
-                )
-                self._thread.start()
+            if self._thread is None:  # nothing was ever added, or closed
+                return not (len(self) or self._pending)
             target = self._cycles_started + 1
             self._wake.set()
             return self._done.wait_for(lambda: self._cycles_done >= target, timeout)
