@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+import traceback
 import uuid
 import weakref
 from collections import deque
@@ -226,6 +227,9 @@ class Recorder:
                     exc,
                     len(self._pending),
                 )
+                # The client's frames hold the error that holds them: a cycle that
+                # would keep each attempt's batch arguments alive until a full gc.
+                traceback.clear_frames(exc.__traceback__)
                 if self._stop.wait(delay):
                     return False
                 delay = min(delay * 2, _BACKOFF_MAX)

@@ -231,3 +231,39 @@ def test_memory_store_through_the_recorder() -> None:
     assert metrics.get_tag_statistics("org/app", "v1")["tag_pull_count"] == 3
     assert isinstance(metrics.store, MemoryStore) and not isinstance(metrics.store, RedisStore)
     metrics.close()
+
+
+def test_failed_attempts_do_not_keep_their_batches_alive() -> None:
+    """A client error whose frames hold the error itself (redis-py's retry does) is a
+    reference cycle; uncleared, every retry's batch arguments would wait for a full gc."""
+    import gc
+    import weakref
+
+    from pullstats_middleware.recorder import Recorder
+    from pullstats_middleware.store import Batch
+
+    class Payload:
+        pass
+
+    payloads: list[weakref.ref[Payload]] = []
+
+    class DownStore(MemoryStore):
+        def apply(self, batch: Batch, *, window: float) -> list[str]:
+            arguments = Payload()  # what a real client builds from the batch
+            payloads.append(weakref.ref(arguments))
+            try:
+                raise redis.ConnectionError("connection refused")
+            except redis.ConnectionError as error:
+                saved = error  # frame -> error -> traceback -> frame
+                raise saved from None
+
+    gc.disable()
+    try:
+        recorder = Recorder(DownStore(), flush_interval=0.01)
+        recorder.add_manifest_pull("org/app", D)
+        assert not recorder.flush(0.5)  # several attempts, with backoff
+        recorder.close(timeout=0.05)
+        assert len(payloads) >= 3
+        assert [ref() for ref in payloads[:-1]] == [None] * (len(payloads) - 1)
+    finally:
+        gc.enable()
