@@ -29,7 +29,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, kw_only=True)
 class RedisSettings:
-    """Where the counts live: `{host, port, password, ssl, db, username}` or a `url`."""
+    """Where the counts live: `{host, port, password, ssl, db, username}`, a `url`, or
+    Redis Sentinel: `{sentinels: ["host:port", ...], service_name, ...}`."""
 
     host: str = "localhost"
     port: int = 6379
@@ -39,6 +40,9 @@ class RedisSettings:
     ssl: bool = False
     url: str | None = None
     socket_timeout: float = 5.0
+    sentinels: tuple[tuple[str, int], ...] = ()
+    service_name: str | None = None  # the master's name the sentinels monitor
+    sentinel_password: str | None = None
 
     @classmethod
     def parse(cls, key: str, value: Any) -> RedisSettings:
@@ -70,11 +74,17 @@ class RedisSettings:
                 kwargs[name] = _bool(f"{key}.{name}", raw)
             elif name == "socket_timeout":
                 kwargs[name] = _positive(f"{key}.{name}", raw)
+            elif name == "sentinels":
+                kwargs[name] = _sentinels(f"{key}.{name}", raw)
             elif raw is None or isinstance(raw, str):
                 kwargs[name] = raw
             else:
                 raise ConfigError(f"{key}.{name} must be a string, got {type(raw).__name__}")
         settings = cls(**kwargs)
+        if bool(settings.sentinels) != bool(settings.service_name):
+            raise ConfigError(f"{key}: sentinels and service_name go together")
+        if settings.sentinels and settings.url is not None:
+            raise ConfigError(f"{key}: give either url or sentinels, not both")
         if settings.url is not None:
             scheme = urlsplit(settings.url).scheme
             if scheme not in ("redis", "rediss", "unix"):
@@ -88,6 +98,30 @@ class RedisSettings:
         import redis
 
         timeout = self.socket_timeout
+        if self.sentinels:
+            from redis.sentinel import Sentinel
+
+            sentinel = Sentinel(  # type: ignore[no-untyped-call]
+                list(self.sentinels),
+                sentinel_kwargs={
+                    "password": self.sentinel_password,
+                    "socket_timeout": timeout,
+                    "socket_connect_timeout": timeout,
+                },
+                socket_timeout=timeout,
+            )
+            # A client that asks the sentinels for the current master on every
+            # (re)connect, so a failover is followed without a restart.
+            assert self.service_name is not None
+            master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+                self.service_name,
+                db=self.db,
+                username=self.username,
+                password=self.password,
+                ssl=self.ssl,
+                socket_connect_timeout=timeout,
+            )
+            return master
         if self.url is not None:
             return redis.Redis.from_url(
                 self.url, socket_timeout=timeout, socket_connect_timeout=timeout
@@ -105,6 +139,9 @@ class RedisSettings:
 
     def describe(self) -> str:
         """Where it points, without the password."""
+        if self.sentinels:
+            hosts = ",".join(f"{h}:{p}" for h, p in self.sentinels)
+            return f"sentinel://{hosts}/{self.service_name}/{self.db}"
         if self.url is not None:
             parts = urlsplit(self.url)
             netloc = parts.hostname or ""
@@ -234,6 +271,21 @@ def _auth(key: str, value: Any) -> str | Callable[..., Any]:
     raise ConfigError(
         f"{key} must be 'registry', 'none', a callable or 'module:callable', got {value!r}"
     )
+
+
+def _sentinels(key: str, value: Any) -> tuple[tuple[str, int], ...]:
+    """`["host:port", ...]`, `[[host, port], ...]` or `"host:port,host:port"`."""
+    items = value.split(",") if isinstance(value, str) else value
+    out = []
+    try:
+        for item in items:
+            host, port = item.rsplit(":", 1) if isinstance(item, str) else item
+            out.append((str(host).strip(), _int(key, port, minimum=1)))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{key} must be a list of host:port, got {value!r} ({exc})") from None
+    if not out or not all(host for host, _ in out):
+        raise ConfigError(f"{key} must name at least one host:port, got {value!r}")
+    return tuple(out)
 
 
 def _networks(key: str, value: Any) -> tuple[IPNetwork, ...]:
