@@ -92,8 +92,15 @@ class Authorization(NamedTuple):
     current_digest: str | None = None
 
 
-def judge_probe(status: int, headers: Mapping[str, str]) -> Authorization:
-    """Turn the registry's answer to the probe into allow/deny (`headers`: lower-case names)."""
+def judge_probe(status: int | None, headers: Mapping[str, str]) -> Authorization:
+    """Turn the registry's answer to the probe into allow/deny (`headers`: lower-case
+    names); `status` None: the registry raised instead of answering."""
+    if status is None:
+        return Authorization(
+            error(
+                503, "the registry failed the authorization check", [("Retry-After", RETRY_AFTER)]
+            )
+        )
     if 200 <= status < 300:
         digest = headers.get("docker-content-digest", "").strip()
         return Authorization(None, digest if is_digest(digest) else None)

@@ -173,15 +173,7 @@ class PullStatsASGIMiddleware:
             await self.app(probe, receive, send)
         except Exception:
             log.exception("pull statistics: the registry failed the authorization check")
-        if "status" not in answer:
-            return api.Authorization(
-                api.error(
-                    503,
-                    "the registry failed the authorization check",
-                    [("Retry-After", api.RETRY_AFTER)],
-                )
-            )
-        return api.judge_probe(answer["status"], answer["headers"])
+        return api.judge_probe(answer.get("status"), answer.get("headers", {}))
 
 
 def _headers(scope: Scope) -> dict[str, str]:

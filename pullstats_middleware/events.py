@@ -18,7 +18,7 @@ from pullstats_middleware.store.base import DigestFetch, Resolution
 
 log = logging.getLogger("pullstats_middleware")
 
-GET, HEAD = "GET", "HEAD"
+GET = "GET"
 
 # What the statistics routes' authorization probe accepts, so the registry
 # answers with the digest a client would pull (an index stays an index).

@@ -212,3 +212,32 @@ def test_mount_prefix(registry: MemoryRegistry, kind: str) -> None:
     driver.flush()
     body = driver.get("/registry/api/v1/repository/library/hello/tag/v1/pull_statistics").json()
     assert body["tag_pull_count"] == 1
+
+
+def test_registry_errors_during_the_check_are_503(client: Driver) -> None:
+    result = stats(client, "broken/thing/tag/v1")  # the registry answers 500
+    assert "status 500" in assert_error(result, 503)["detail"]
+    assert result.headers["retry-after"] == "5"
+
+
+def test_a_registry_that_raises_during_the_check_is_503(kind: str) -> None:
+    from tests.apps import Driver
+
+    def wsgi(environ: Any, start_response: Any) -> Any:
+        raise RuntimeError("registry bug")
+
+    async def asgi(scope: Any, receive: Any, send: Any) -> None:
+        raise RuntimeError("registry bug")
+
+    from pullstats_middleware import PullStatsASGIMiddleware, PullStatsMiddleware
+
+    config = PullStatsConfig(enabled=True)
+    metrics = PullMetrics(config, store=MemoryStore())
+    middleware = (
+        PullStatsMiddleware(wsgi, metrics=metrics)
+        if kind == "wsgi"
+        else PullStatsASGIMiddleware(asgi, metrics=metrics)
+    )
+    driver = Driver(kind, middleware, metrics)
+    detail = assert_error(stats(driver, "library/hello/tag/v1"), 503)["detail"]
+    assert detail == "the registry failed the authorization check"

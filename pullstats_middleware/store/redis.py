@@ -56,10 +56,10 @@ class RedisStore:
             p,
         ]
         for t in batch.tags:
-            keys.append(f"{p}/tag/{t.repository}/{t.tag}")
+            keys.append(self.tag_key(t.repository, t.tag))
             args += (t.pulls, t.date, t.digest)
         for m in batch.manifests:
-            keys.append(f"{p}/manifest/{m.repository}/{m.digest}")
+            keys.append(self.manifest_key(m.repository, m.digest))
             args += (m.pulls, m.date)
         for e in batch.resolutions:
             tail = f"{e.client}/{e.repository}/{e.digest}"
