@@ -72,12 +72,14 @@ def test_redis_stopped_and_restarted_mid_run_loses_nothing(server: RedisServer) 
     with contextlib.suppress(redis.ConnectionError):
         client.shutdown(save=True)
     server.stop()
+    metrics.track_tag_pull("org/app", "while-down", D)  # certainly pending now
     assert not metrics.flush(0.3)  # the store is down: flush says so, nothing is dropped
     server.start()
     producer.join()
     assert metrics.flush(30)
     total = sum(count(client, f"pull_metrics/tag/org/app/t{i}") for i in range(10))
     assert total == 20_000
+    assert count(client, "pull_metrics/tag/org/app/while-down") == 1
     assert metrics.recorder.dropped == 0
     metrics.close()
 
