@@ -23,6 +23,16 @@ from pullstats_middleware.demo_registry import MemoryRegistry
 
 Chunks = list[bytes | Exception]
 
+# The seed's tag statistics fields, in order (DESIGN §6).
+TAG_FIELDS = [
+    "tag_name",
+    "tag_pull_count",
+    "last_tag_pull_date",
+    "current_manifest_digest",
+    "manifest_pull_count",
+    "last_manifest_pull_date",
+]
+
 
 def answer(
     registry: MemoryRegistry, method: str, path: str, headers: dict[str, str]

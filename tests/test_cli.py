@@ -20,6 +20,7 @@ from pullstats_middleware import PullMetrics, PullStatsConfig
 from pullstats_middleware.cli import _ENV_KEYS, load_config, main, parse_reference
 from pullstats_middleware.config import ConfigError, RedisSettings
 from pullstats_middleware.demo_registry import MemoryRegistry, starlette_app
+from tests.apps import TAG_FIELDS
 from tests.e2e.services import RedisServer
 from tests.test_proxy import Served, free_port
 
@@ -326,14 +327,7 @@ def test_stats_table_and_json(redis_url: str, capsys: pytest.CaptureFixture[str]
     assert payload["tag_pull_count"] == 2
     assert payload["current_manifest_digest"] == DIGEST
     assert payload["manifest_pull_count"] == 3
-    assert set(payload) == {
-        "tag_name",
-        "tag_pull_count",
-        "last_tag_pull_date",
-        "current_manifest_digest",
-        "manifest_pull_count",
-        "last_manifest_pull_date",
-    }
+    assert list(payload) == TAG_FIELDS
 
     code, out, _ = run(
         ["stats", f"library/hello@{DIGEST}", "--redis-url", redis_url, "--json"], capsys

@@ -10,18 +10,10 @@ import pytest
 from pullstats_middleware import PullMetrics, PullStatsConfig
 from pullstats_middleware.demo_registry import MemoryRegistry
 from pullstats_middleware.store import MemoryStore
-from tests.apps import Driver, make_driver
+from tests.apps import TAG_FIELDS, Driver, make_driver
 
 ALICE = "Basic " + base64.b64encode(b"alice:wonderland").decode()
 MALLORY = "Basic " + base64.b64encode(b"mallory:guess").decode()
-TAG_FIELDS = [
-    "tag_name",
-    "tag_pull_count",
-    "last_tag_pull_date",
-    "current_manifest_digest",
-    "manifest_pull_count",
-    "last_manifest_pull_date",
-]
 
 
 def stats(client: Driver, path: str, **headers: str) -> Any:

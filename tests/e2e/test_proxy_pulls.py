@@ -36,6 +36,7 @@ from urllib.parse import quote
 import httpx2
 import pytest
 
+from tests.apps import TAG_FIELDS
 from tests.e2e.oci_image import (
     ImageInfo,
     MultiArchInfo,
@@ -77,14 +78,6 @@ MANIFEST_ACCEPT = ", ".join(
         "application/vnd.docker.distribution.manifest.list.v2+json",
     ]
 )
-TAG_KEYS = {
-    "tag_name",
-    "tag_pull_count",
-    "last_tag_pull_date",
-    "current_manifest_digest",
-    "manifest_pull_count",
-    "last_manifest_pull_date",
-}
 
 
 # --------------------------------------------------------------------------- #
@@ -208,7 +201,7 @@ class Stats:
 
     def tag(self, repo: str, tag: str, want: Mapping[str, Any]) -> Any:
         got = self.expect(tag_route(self.base, repo, tag), want)
-        assert set(got) == TAG_KEYS
+        assert set(got) == set(TAG_FIELDS)
         return got
 
     def manifest(self, repo: str, digest: str, want: Mapping[str, Any]) -> Any:
