@@ -136,6 +136,8 @@ def _run_proxy(args: argparse.Namespace) -> int:
     if config.enabled and config.redis is not None:
         _ping(config.redis)  # fail now, not at the first pull
     sock = _listen(args.host, args.port)
+    if args.upstream_check:
+        _reach(upstream, args.connect_timeout, sock)
     _logging(args.log_level)
     app = build_proxy(
         upstream, config, connect_timeout=args.connect_timeout, read_timeout=args.read_timeout
@@ -144,6 +146,25 @@ def _run_proxy(args: argparse.Namespace) -> int:
     log.info("pullstats proxy: forwarding to %s; pull statistics: %s", upstream, store)
     _serve(app, sock, args, proxy=True)
     return 0
+
+
+def _reach(upstream: str, timeout: float, sock: socket.socket) -> None:
+    """One request to the upstream's `/v2/`: any HTTP answer (401 too) means it is there."""
+    import ssl
+
+    import httpx2
+
+    try:
+        httpx2.get(
+            upstream + "/v2/", timeout=timeout, trust_env=False, verify=ssl.create_default_context()
+        )
+    except httpx2.HTTPError as exc:
+        sock.close()
+        why = _one_line(exc) or type(exc).__name__
+        raise CLIError(
+            f"cannot reach the upstream registry at {upstream}: {why} "
+            "(--no-upstream-check starts anyway)"
+        ) from None
 
 
 # -- pullstats demo -------------------------------------------------------------------
@@ -412,6 +433,13 @@ def _parser() -> argparse.ArgumentParser:
         default=60.0,
         metavar="S",
         help="seconds of upstream silence before answering 504 (default 60)",
+    )
+    proxy.add_argument(
+        "--no-upstream-check",
+        dest="upstream_check",
+        action="store_false",
+        help="start even if the upstream does not answer yet (requests get 502 until it does); "
+        "by default one GET /v2/ must get an HTTP answer first",
     )
     proxy.set_defaults(run=_run_proxy)
 

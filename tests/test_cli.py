@@ -76,6 +76,7 @@ def test_top_level_help(capsys: pytest.CaptureFixture[str]) -> None:
                 "--config",
                 "--connect-timeout",
                 "--read-timeout",
+                "--no-upstream-check",
                 "--log-level",
             ],
         ),
@@ -141,6 +142,13 @@ def test_unreachable_redis(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["proxy", "--upstream", "http://127.0.0.1:5000", "--redis-url", url]
     code, _, err = run(argv, capsys)
     assert_one_line_error(code, err, "cannot reach Redis", f"127.0.0.1:{url.split(':')[2]}")
+
+
+def test_unreachable_upstream(capsys: pytest.CaptureFixture[str]) -> None:
+    upstream = f"http://127.0.0.1:{free_port()}"
+    argv = ["proxy", "--upstream", upstream, "--port", str(free_port())]
+    code, _, err = run(argv, capsys)
+    assert_one_line_error(code, err, "cannot reach the upstream registry", upstream)
 
 
 def test_invalid_redis_url(capsys: pytest.CaptureFixture[str]) -> None:
