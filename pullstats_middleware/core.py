@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from pullstats_middleware import api
 from pullstats_middleware.config import PullStatsConfig
 from pullstats_middleware.events import ManifestExchange
-from pullstats_middleware.matchers import ManifestRequest, OCIMatcher, StatsRequest
+from pullstats_middleware.matchers import ManifestRequest, Matcher, OCIMatcher, StatsRequest
 from pullstats_middleware.matchers.stats import STATS_ROOT
 from pullstats_middleware.metrics import PullMetrics
 
@@ -29,7 +29,7 @@ class Core:
         self.enabled = config.enabled
         # Off means a pure pass-through: no store, no thread, no routes.
         self.metrics = (metrics or PullMetrics(config)) if self.enabled else None
-        self.matcher = OCIMatcher(config.path_prefix)
+        self.matcher: Matcher = OCIMatcher(config.path_prefix)
         self.stats_root = config.path_prefix + STATS_ROOT
         if config.auth == "none" and self.enabled:
             log.warning(
