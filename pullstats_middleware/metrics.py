@@ -104,6 +104,17 @@ class PullMetrics:
             "last_manifest_pull_date": record.last_pull_date,
         }
 
+    def health(self) -> dict[str, int]:
+        """Counters to export to monitoring: pulls dropped at the buffer cap, keys the
+        store refused (foreign data), keys buffered, batches waiting for the store."""
+        recorder = self.recorder
+        return {
+            "dropped_pulls": recorder.dropped,
+            "skipped_keys": recorder.skipped_keys,
+            "buffered_keys": len(recorder),
+            "pending_batches": recorder.pending_batches,
+        }
+
     # -- lifecycle -----------------------------------------------------------
 
     def flush(self, timeout: float | None = None) -> bool:

@@ -169,7 +169,12 @@ def test_full_buffer_drops_new_keys_and_counts_them(server: RedisServer) -> None
     stored = {i: count(client, f"pull_metrics/manifest/org/app/{digest(i)}") for i in range(150)}
     assert sum(1 for n in stored.values() if n) == 100
     assert stored[0] == 10
-    assert metrics.recorder.dropped == 50
+    assert metrics.health() == {
+        "dropped_pulls": 50,
+        "skipped_keys": 0,
+        "buffered_keys": 0,
+        "pending_batches": 0,
+    }
     metrics.close()
 
 
@@ -269,3 +274,16 @@ def test_failed_attempts_do_not_keep_their_batches_alive() -> None:
         assert [ref() for ref in payloads[:-1]] == [None] * (len(payloads) - 1)
     finally:
         gc.enable()
+
+
+def test_keys_with_foreign_data_are_counted_in_health(
+    real_redis: redis.Redis, redis_server: RedisServer
+) -> None:
+    real_redis.set("pull_metrics/tag/org/app/v1", "not a hash")
+    metrics = metrics_for(redis_server.url)
+    metrics.track_tag_pull("org/app", "v1", D)
+    assert metrics.flush(10)
+    assert metrics.health()["skipped_keys"] == 1
+    assert real_redis.get("pull_metrics/tag/org/app/v1") == b"not a hash"
+    assert count(real_redis, f"pull_metrics/manifest/org/app/{D}") == 1  # the rest landed
+    metrics.close()
