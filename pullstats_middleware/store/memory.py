@@ -1,7 +1,7 @@
 """The embedded default store: process memory, same semantics as Redis.
 
 For a single process and for trying the product out; counts are gone when
-the process exits. Every rule here mirrors `apply_batch.lua` line for line,
+the process exits. Every rule here mirrors `apply_batch.lua` rule for rule,
 and the store tests run both through the same cases.
 """
 
