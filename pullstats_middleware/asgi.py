@@ -6,29 +6,37 @@ starlette_app.add_middleware(PullStatsASGIMiddleware, config=config)
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
 
-from pullstats_middleware import api
+from pullstats_middleware.adapter import Adapter
 from pullstats_middleware.config import PullStatsConfig
-from pullstats_middleware.core import Core
-from pullstats_middleware.events import MANIFEST_ACCEPT, ManifestExchange
 from pullstats_middleware.identity import client_address, client_identity
-from pullstats_middleware.matchers import ManifestRequest, StatsRequest
 from pullstats_middleware.metrics import PullMetrics
+from pullstats_middleware.routes import (
+    ROUTES,
+    Probe,
+    ProbeAnswer,
+    Request,
+    Response,
+    Route,
+    RouteCall,
+    Router,
+)
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("pullstats_middleware")
 
-_DIGEST = b"docker-content-digest"
+# What the probe keeps of the caller's request: who is asking, and which host.
 _PROBE_HEADERS = (b"authorization", b"cookie", b"host")
 
 
-class PullStatsASGIMiddleware:
+class PullStatsASGIMiddleware(Adapter):
     """Wraps an ASGI registry app: counts manifest pulls, serves the statistics routes."""
 
     def __init__(
@@ -37,40 +45,43 @@ class PullStatsASGIMiddleware:
         config: PullStatsConfig | None = None,
         *,
         metrics: PullMetrics | None = None,
+        routes: Sequence[Route] = ROUTES,
     ) -> None:
         self.app = app
-        self.core = Core(config, metrics)
-        self.metrics = self.core.metrics
+        super().__init__(config, metrics, routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        core = self.core
-        if not core.enabled:
+        router = self.router
+        if router is None or scope["type"] != "http":
+            if router is not None and scope["type"] == "lifespan":
+                send = self._lifespan_send(send)
             await self.app(scope, receive, send)
             return
-        if scope["type"] != "http":
-            if scope["type"] == "lifespan":
-                await self.app(scope, receive, self._lifespan_send(send))
-            else:
-                await self.app(scope, receive, send)
-            return
-        method = scope["method"]
         path = scope["path"]
         root = scope.get("root_path", "")
         if root and path.startswith(root):
             path = path[len(root) :]
-        try:
-            target = core.dispatch(method, path)
-        except Exception:
-            log.exception("pull statistics: failed to look at a request; passing it through")
-            target = None
-        if target is None:
+        if router.claims(path):
+            await self._statistics(router, path, scope, receive, send)
+            return
+        exchange = self.manifest_exchange(scope["method"], path, lambda: self._client(scope))
+        if exchange is None:
             await self.app(scope, receive, send)
-        elif isinstance(target, ManifestRequest):
-            await self._watch(target, method, scope, receive, send)
-        elif isinstance(target, StatsRequest):
-            await _send_response(await self._stats(target, scope), send)
-        else:
-            await _send_response(target, send)
+            return
+
+        async def watching_send(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if exchange.hashing:
+                    exchange.body(message.get("body", b""))
+                await send(message)
+                if not message.get("more_body", False):
+                    exchange.finish()
+                return
+            if message["type"] == "http.response.start":
+                exchange.start(message["status"], message.get("headers", ()))
+            await send(message)
+
+        await self.app(scope, receive, watching_send)
 
     def _lifespan_send(self, send: Send) -> Send:
         """Flush before the server is told shutdown is complete."""
@@ -87,69 +98,49 @@ class PullStatsASGIMiddleware:
 
         return lifespan_send
 
-    # -- manifest pulls --------------------------------------------------
+    def _client(self, scope: Scope) -> str:
+        wanted = {b"x-forwarded-for": "", b"authorization": "", b"user-agent": ""}
+        for name, value in scope.get("headers", ()):
+            if name in wanted:  # ASGI header names are lower-case
+                wanted[name] = value.decode("latin-1")
+        peer = scope.get("client")
+        forwarded = wanted[b"x-forwarded-for"]
+        address = client_address(peer[0] if peer else "", forwarded, self.config.trusted_proxies)
+        return client_identity(address, wanted[b"authorization"], wanted[b"user-agent"])
 
-    async def _watch(
-        self, request: ManifestRequest, method: str, scope: Scope, receive: Receive, send: Send
+    async def _statistics(
+        self, router: Router, path: str, scope: Scope, receive: Receive, send: Send
     ) -> None:
-        trusted = self.core.config.trusted_proxies
+        headers = {
+            k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())
+        }
+        peer = scope.get("client")
+        query = scope.get("query_string", b"").decode("latin-1")
+        outcome = router.route(
+            Request(scope["method"], path, query, headers, peer[0] if peer else "")
+        )
+        if outcome is None:
+            await self.app(scope, receive, send)
+            return
+        if isinstance(outcome, RouteCall):
+            answer = await self._probe(outcome.probe, scope) if outcome.probe else None
+            outcome = await anyio.to_thread.run_sync(outcome.respond, answer)
+        await _send_response(outcome, send)
 
-        def client() -> str:
-            wanted = {b"x-forwarded-for": "", b"authorization": "", b"user-agent": ""}
-            for name, value in scope.get("headers", ()):
-                if name in wanted:  # ASGI header names are lower-case
-                    wanted[name] = value.decode("latin-1")
-            peer = scope.get("client")
-            address = client_address(peer[0] if peer else "", wanted[b"x-forwarded-for"], trusted)
-            return client_identity(address, wanted[b"authorization"], wanted[b"user-agent"])
-
-        exchange = self.core.exchange(request, method, client)
-
-        async def watching_send(message: Message) -> None:
-            kind = message["type"]
-            if kind == "http.response.body":
-                if exchange.hashing:
-                    _guard(exchange.body, exchange, message.get("body", b""))
-                await send(message)
-                if not message.get("more_body", False):
-                    _guard(exchange.finish, exchange)
-                return
-            if kind == "http.response.start":
-                digest = None
-                for name, value in message.get("headers", ()):
-                    if name.lower() == _DIGEST:
-                        digest = value.decode("latin-1")
-                _guard(exchange.start, exchange, message["status"], digest)
-            await send(message)
-
-        await self.app(scope, receive, watching_send)
-
-    # -- statistics routes -----------------------------------------------
-
-    async def _stats(self, request: StatsRequest, scope: Scope) -> api.ApiResponse:
-        verdict = self.core.policy_verdict(request, _headers(scope))
-        if verdict is None:
-            verdict = await self._probe(request, scope)
-        if verdict.denied is not None:
-            return verdict.denied
-        return await anyio.to_thread.run_sync(self.core.answer, request, verdict.current_digest)
-
-    async def _probe(self, request: StatsRequest, scope: Scope) -> api.Authorization:
-        """Ask the wrapped app, in-process, whether the caller may see this manifest."""
-        root = scope.get("root_path", "")
-        path = root + self.core.probe_path(request)
+    async def _probe(self, probe: Probe, scope: Scope) -> ProbeAnswer | None:
+        """Run `probe` through the wrapped app in process; None if the app raised."""
+        path = scope.get("root_path", "") + probe.path
         headers = [(k, v) for k, v in scope.get("headers", ()) if k.lower() in _PROBE_HEADERS]
-        headers.append((b"accept", MANIFEST_ACCEPT.encode()))
-        probe = {
+        headers.append((b"accept", probe.accept.encode("latin-1")))
+        request = {
             **scope,
-            "method": "HEAD",
+            "method": probe.method,
             "path": path,
             "raw_path": path.encode(),
             "query_string": b"",
             "headers": headers,
         }
-        answer: dict[str, Any] = {}
-
+        answer: dict[str, Any] = {"body": []}
         delivered = False
 
         async def receive() -> Message:
@@ -168,28 +159,20 @@ class PullStatsASGIMiddleware:
                     k.decode("latin-1").lower(): v.decode("latin-1")
                     for k, v in message.get("headers", ())
                 }
+            elif message["type"] == "http.response.body":
+                answer["body"].append(message.get("body", b""))
 
         try:
-            await self.app(probe, receive, send)
+            await self.app(request, receive, send)
         except Exception:
             log.exception("pull statistics: the registry failed the authorization check")
-        return api.judge_probe(answer.get("status"), answer.get("headers", {}))
+            return None
+        if "status" not in answer:
+            return None
+        return ProbeAnswer(answer["status"], answer["headers"], b"".join(answer["body"]))
 
 
-def _headers(scope: Scope) -> dict[str, str]:
-    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
-
-
-def _guard(step: Any, exchange: ManifestExchange, *args: Any) -> None:
-    """The middleware's own failures are logged and never reach the pull."""
-    try:
-        step(*args)
-    except Exception:
-        log.exception("pull statistics: failed to watch a manifest response")
-        exchange.status = 0
-
-
-async def _send_response(response: api.ApiResponse, send: Send) -> None:
+async def _send_response(response: Response, send: Send) -> None:
     await send(
         {
             "type": "http.response.start",

@@ -1,4 +1,6 @@
-"""Who is pulling: the client identity that pairs a HEAD with its GET (DESIGN §2).
+"""Who is pulling: the client identity that pairs a HEAD with its GET.
+
+See docs/design.md, "Attribution".
 
 Remote address (after trusted proxies), credentials and user agent, hashed so
 that no credential is ever written to the store.
@@ -38,10 +40,10 @@ def _trusted(address: str, trusted: Sequence[IPNetwork]) -> bool:
 
 
 def client_identity(address: str, authorization: str | None, user_agent: str | None) -> str:
-    """The raw identity, held in memory only; `identity_hash` is what is stored."""
-    return f"{address}\n{authorization or ''}\n{user_agent or ''}"
+    """A hash of who is asking: what the store keeps, so no credential is ever written.
 
-
-def identity_hash(identity: str) -> str:
-    """Done by the recorder thread, off the request path."""
-    return hashlib.blake2b(identity.encode(), digest_size=12).hexdigest()
+    Computed only for the exchanges attribution needs (a HEAD by tag, a GET by
+    digest), when the exchange completes; about a microsecond.
+    """
+    raw = f"{address}\n{authorization or ''}\n{user_agent or ''}"
+    return hashlib.blake2b(raw.encode(), digest_size=12).hexdigest()

@@ -1,6 +1,6 @@
 """The bounded, coalescing buffer and the thread that empties it into a store.
 
-The request thread only ever touches dicts under a lock (DESIGN §7): repeated
+The request thread only ever touches dicts under a lock (docs/design.md, "Reliability"): repeated
 pulls of one key are one counter, so the buffer's size is the number of
 distinct keys, capped. A daemon thread swaps the buffer out, cuts it into
 batches, and applies each batch under an id it keeps until the store
@@ -14,21 +14,11 @@ import os
 import threading
 import time
 import traceback
-import uuid
 import weakref
 from collections import deque
 from typing import Any
 
-from pullstats_middleware.identity import identity_hash
-from pullstats_middleware.store.base import (
-    Batch,
-    DigestFetch,
-    ManifestDelta,
-    Resolution,
-    Store,
-    TagDelta,
-    iso_date,
-)
+from pullstats_middleware.store.base import Batch, DigestFetch, Resolution, Store, cut_batches
 
 log = logging.getLogger("pullstats_middleware")
 
@@ -117,7 +107,7 @@ class Recorder:
         if self._thread is None:
             self._start()
 
-    def add_event(self, event: Resolution | DigestFetch) -> None:
+    def add_attribution_event(self, event: Resolution | DigestFetch) -> None:
         with self._lock:
             if self._full():
                 self._drop()
@@ -187,31 +177,11 @@ class Recorder:
             tags, self._tags = self._tags, {}
             manifests, self._manifests = self._manifests, {}
             events, self._events = self._events, []
-        # Cut into batches outside the lock; dates are formatted here, not per pull.
-        size = self.batch_max_keys
-        batch = Batch(uuid.uuid4().hex)
-        for (repo, tag), (count, ts, digest) in tags.items():
-            batch.tags.append(TagDelta(repo, tag, count, iso_date(ts), digest))
-            batch = self._cut(batch, size)
-        for (repo, digest), (count, ts) in manifests.items():
-            batch.manifests.append(ManifestDelta(repo, digest, int(count), iso_date(ts)))
-            batch = self._cut(batch, size)
-        for event in events:
-            batch.resolutions.append(event._replace(client=identity_hash(event.client)))
-            batch = self._cut(batch, size)
-        if len(batch):
-            self._queue(batch)
-
-    def _cut(self, batch: Batch, size: int) -> Batch:
-        if len(batch) < size:
-            return batch
-        self._queue(batch)
-        return Batch(uuid.uuid4().hex)
-
-    def _queue(self, batch: Batch) -> None:
-        self._pending.append(batch)
+        # Cut into batches outside the lock; dates are formatted there, not per pull.
+        batches = cut_batches(tags, manifests, events, self.batch_max_keys)
+        self._pending.extend(batches)
         with self._lock:
-            self._pending_keys += len(batch)
+            self._pending_keys += sum(len(batch) for batch in batches)
 
     def _apply_pending(self) -> bool:
         delay = _BACKOFF_FIRST

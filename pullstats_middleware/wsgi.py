@@ -7,24 +7,34 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pullstats_middleware import api
+from pullstats_middleware.adapter import Adapter
 from pullstats_middleware.config import PullStatsConfig
-from pullstats_middleware.core import Core
-from pullstats_middleware.events import MANIFEST_ACCEPT, ManifestExchange
+from pullstats_middleware.exchange import ManifestExchange
 from pullstats_middleware.identity import client_address, client_identity
-from pullstats_middleware.matchers import ManifestRequest, StatsRequest
 from pullstats_middleware.metrics import PullMetrics
+from pullstats_middleware.routes import (
+    ROUTES,
+    Probe,
+    ProbeAnswer,
+    Request,
+    Route,
+    RouteCall,
+    Router,
+)
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 log = logging.getLogger("pullstats_middleware")
 
+# What the probe keeps of the caller's request: who is asking, and which host.
+_PROBE_HEADERS = ("HTTP_AUTHORIZATION", "HTTP_COOKIE", "HTTP_HOST")
 
-class PullStatsMiddleware:
+
+class PullStatsMiddleware(Adapter):
     """Wraps a WSGI registry app: counts manifest pulls, serves the statistics routes."""
 
     def __init__(
@@ -33,116 +43,94 @@ class PullStatsMiddleware:
         config: PullStatsConfig | None = None,
         *,
         metrics: PullMetrics | None = None,
+        routes: Sequence[Route] = ROUTES,
     ) -> None:
         self.app = app
-        self.core = Core(config, metrics)
-        self.metrics = self.core.metrics
+        super().__init__(config, metrics, routes)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        core = self.core
-        if not core.enabled:
+        router = self.router
+        if router is None:
             return self.app(environ, start_response)
-        method = environ.get("REQUEST_METHOD", "")
-        try:
-            target = core.dispatch(method, environ.get("PATH_INFO", ""))
-        except Exception:
-            log.exception("pull statistics: failed to look at a request; passing it through")
-            target = None
-        if target is None:
+        path = environ.get("PATH_INFO", "")
+        if router.claims(path):
+            return self._statistics(router, path, environ, start_response)
+        exchange = self.manifest_exchange(
+            environ.get("REQUEST_METHOD", ""), path, lambda: self._client(environ)
+        )
+        if exchange is None:
             return self.app(environ, start_response)
-        if isinstance(target, ManifestRequest):
-            return self._watch(target, method, environ, start_response)
-        if isinstance(target, StatsRequest):
-            return self._respond(self._stats(target, environ), environ, start_response)
-        return self._respond(target, environ, start_response)
-
-    # -- manifest pulls --------------------------------------------------
-
-    def _watch(
-        self,
-        request: ManifestRequest,
-        method: str,
-        environ: WSGIEnvironment,
-        start_response: StartResponse,
-    ) -> Iterable[bytes]:
-        trusted = self.core.config.trusted_proxies
-
-        def client() -> str:
-            address = client_address(
-                environ.get("REMOTE_ADDR", ""), environ.get("HTTP_X_FORWARDED_FOR"), trusted
-            )
-            return client_identity(
-                address, environ.get("HTTP_AUTHORIZATION"), environ.get("HTTP_USER_AGENT")
-            )
-
-        exchange = self.core.exchange(request, method, client)
 
         def watching_start_response(
             status: str, headers: list[tuple[str, str]], exc_info: Any = None
         ) -> Any:
-            try:
-                digest = None
-                for name, value in headers:
-                    if name.lower() == "docker-content-digest":
-                        digest = value
-                exchange.start(int(status[:3]), digest)
-            except Exception:
-                log.exception("pull statistics: failed to read a manifest response")
-                exchange.status = 0
+            exchange.start(status, headers)
             return start_response(status, headers, exc_info)
 
         return _WatchedBody(self.app(environ, watching_start_response), exchange)
 
-    # -- statistics routes -----------------------------------------------
+    def _client(self, environ: WSGIEnvironment) -> str:
+        peer, forwarded = environ.get("REMOTE_ADDR", ""), environ.get("HTTP_X_FORWARDED_FOR")
+        address = client_address(peer, forwarded, self.config.trusted_proxies)
+        return client_identity(
+            address, environ.get("HTTP_AUTHORIZATION"), environ.get("HTTP_USER_AGENT")
+        )
 
-    def _stats(self, request: StatsRequest, environ: WSGIEnvironment) -> api.ApiResponse:
+    def _statistics(
+        self, router: Router, path: str, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
         headers = {
             key[5:].replace("_", "-").lower(): value
             for key, value in environ.items()
             if key.startswith("HTTP_")
         }
-        verdict = self.core.policy_verdict(request, headers)
-        if verdict is None:
-            verdict = self._probe(request, environ)
-        if verdict.denied is not None:
-            return verdict.denied
-        return self.core.answer(request, verdict.current_digest)
+        method = environ.get("REQUEST_METHOD", "")
+        query = environ.get("QUERY_STRING", "")
+        request = Request(method, path, query, headers, environ.get("REMOTE_ADDR", ""))
+        outcome = router.route(request)
+        if outcome is None:
+            return self.app(environ, start_response)
+        if isinstance(outcome, RouteCall):
+            answer = self._probe(outcome.probe, environ) if outcome.probe else None
+            outcome = outcome.respond(answer)
+        start_response(outcome.status_line, outcome.headers)
+        return [outcome.body]
 
-    def _probe(self, request: StatsRequest, environ: WSGIEnvironment) -> api.Authorization:
-        """Ask the wrapped app, in-process, whether the caller may see this manifest."""
-        probe = {
-            key: value
-            for key, value in environ.items()
-            if not key.startswith("HTTP_")
-            or key in ("HTTP_AUTHORIZATION", "HTTP_COOKIE", "HTTP_HOST")
+    def _probe(self, probe: Probe, environ: WSGIEnvironment) -> ProbeAnswer | None:
+        """Run `probe` through the wrapped app in process; None if the app raised."""
+        kept = {
+            k: v for k, v in environ.items() if not k.startswith("HTTP_") or k in _PROBE_HEADERS
         }
-        probe.update(
-            REQUEST_METHOD="HEAD",
-            PATH_INFO=self.core.probe_path(request),
+        kept.pop("CONTENT_TYPE", None)
+        kept.update(
+            REQUEST_METHOD=probe.method,
+            PATH_INFO=probe.path,
             QUERY_STRING="",
             CONTENT_LENGTH="0",
-            HTTP_ACCEPT=MANIFEST_ACCEPT,
+            HTTP_ACCEPT=probe.accept,
         )
-        probe["wsgi.input"] = io.BytesIO(b"")
-        from werkzeug.test import run_wsgi_app  # only the statistics routes need werkzeug
+        kept["wsgi.input"] = io.BytesIO(b"")
+        started: list[Any] = []
 
-        probe.pop("CONTENT_TYPE", None)
+        def start_response(
+            status: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Any:
+            started[:] = [status, headers]
+            return lambda data: None
+
         try:
-            app_iter, status, headers = run_wsgi_app(self.app, probe)
-            if hasattr(app_iter, "close"):
-                app_iter.close()
+            body = self.app(kept, start_response)
+            try:
+                content = b"".join(body)  # start_response may come with the first chunk
+            finally:
+                close = getattr(body, "close", None)
+                if close is not None:
+                    close()
+            status, headers = started
+            return ProbeAnswer(int(status[:3]), {k.lower(): v for k, v in headers}, content)
         except Exception:
             log.exception("pull statistics: the registry failed the authorization check")
-            return api.judge_probe(None, {})
-        return api.judge_probe(int(status[:3]), {k.lower(): v for k, v in headers.items()})
-
-    @staticmethod
-    def _respond(
-        response: api.ApiResponse, environ: WSGIEnvironment, start_response: StartResponse
-    ) -> Iterable[bytes]:
-        from werkzeug.wrappers import Response
-
-        return Response(response.body, response.status, response.headers)(environ, start_response)
+            return None
 
 
 class _WatchedBody:
@@ -160,11 +148,7 @@ class _WatchedBody:
         exchange = self._exchange
         for chunk in self._body:
             if exchange.hashing:
-                try:
-                    exchange.body(chunk)
-                except Exception:
-                    log.exception("pull statistics: failed to hash a manifest body")
-                    exchange.status = 0
+                exchange.body(chunk)
             yield chunk
         self._complete = True
 
@@ -175,7 +159,4 @@ class _WatchedBody:
                 close()
         finally:
             if self._complete:
-                try:
-                    self._exchange.finish()
-                except Exception:
-                    log.exception("pull statistics: failed to record a pull")
+                self._exchange.finish()

@@ -10,7 +10,7 @@ first chunk.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,10 +20,11 @@ from werkzeug.test import EnvironBuilder
 from pullstats_middleware import PullMetrics, PullStatsASGIMiddleware, PullStatsMiddleware
 from pullstats_middleware.config import PullStatsConfig
 from pullstats_middleware.demo_registry import MemoryRegistry
+from pullstats_middleware.routes import ROUTES, Route
 
 Chunks = list[bytes | Exception]
 
-# The seed's tag statistics fields, in order (DESIGN §6).
+# The seed's tag statistics fields, in order (docs/design.md, "HTTP routes").
 TAG_FIELDS = [
     "tag_name",
     "tag_pull_count",
@@ -160,8 +161,10 @@ class Driver:
     def _wsgi(
         self, method: str, path: str, headers: dict[str, str], hang_up_after: int | None
     ) -> Result:
+        path, _, query = path.partition("?")
         environ = EnvironBuilder(
             path=path[len(self.root_path) :],
+            query_string=query,
             base_url="http://registry.test" + self.root_path,
             method=method,
             headers=headers,
@@ -198,10 +201,10 @@ class Driver:
             "http_version": "1.1",
             "method": method,
             "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
+            "path": path.partition("?")[0],
+            "raw_path": path.partition("?")[0].encode(),
             "root_path": self.root_path,
-            "query_string": b"",
+            "query_string": path.partition("?")[2].encode(),
             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
             "client": (self.peer, 40000),
             "server": ("registry.test", 80),
@@ -234,12 +237,17 @@ def make_driver(
     registry: MemoryRegistry,
     config: PullStatsConfig,
     metrics: PullMetrics | None = None,
+    routes: Sequence[Route] = ROUTES,
     **kw: Any,
 ) -> Driver:
     if kind == "wsgi":
-        middleware: Any = PullStatsMiddleware(wsgi_app(registry), config, metrics=metrics)
+        middleware: Any = PullStatsMiddleware(
+            wsgi_app(registry), config, metrics=metrics, routes=routes
+        )
     else:
-        middleware = PullStatsASGIMiddleware(asgi_app(registry), config, metrics=metrics)
+        middleware = PullStatsASGIMiddleware(
+            asgi_app(registry), config, metrics=metrics, routes=routes
+        )
     return Driver(kind, middleware, middleware.metrics, **kw)
 
 

@@ -17,8 +17,8 @@ import httpx2
 import pytest
 
 from pullstats_middleware import PullMetrics, PullStatsConfig
-from pullstats_middleware.cli import _ENV_KEYS, load_config, main, parse_reference
-from pullstats_middleware.config import ConfigError, RedisSettings
+from pullstats_middleware.cli import load_config, main, parse_reference
+from pullstats_middleware.config import KEYS, ConfigError, RedisSettings
 from pullstats_middleware.demo_registry import MemoryRegistry, starlette_app
 from tests.apps import TAG_FIELDS
 from tests.e2e.services import RedisServer
@@ -29,12 +29,12 @@ DIGEST = "sha256:" + "ab" * 32
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in _ENV_KEYS:
+    for key in KEYS:
         monkeypatch.delenv(key, raising=False)
 
 
 def clean_environ(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _ENV_KEYS}
+    env = {k: v for k, v in os.environ.items() if k not in KEYS}
     return {**env, **extra}
 
 
@@ -92,7 +92,7 @@ def test_subcommand_help(
     for flag in flags:
         assert flag in out
     if command != "demo":  # the configuration keys, each one
-        for key in _ENV_KEYS:
+        for key in KEYS:
             assert key in out
         assert "precedence" in out
 
@@ -506,9 +506,9 @@ def test_the_listening_socket_is_tcp_so_asyncio_sets_nodelay() -> None:
     every keep-alive response then waits for a delayed ACK (~40 ms)."""
     import socket
 
-    from pullstats_middleware import cli
+    from pullstats_middleware import serving
 
-    sock = cli._listen("127.0.0.1", 0)
+    sock = serving.listen("127.0.0.1", 0)
     try:
         assert sock.proto == socket.IPPROTO_TCP
     finally:

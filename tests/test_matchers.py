@@ -8,11 +8,9 @@ from pullstats_middleware.matchers import (
     ManifestRequest,
     OCIMatcher,
     is_digest,
-    parse_stats_path,
     validate_repository,
     validate_tag,
 )
-from pullstats_middleware.matchers.stats import StatsPathError
 
 SHA256 = "sha256:" + "a" * 64
 SHA512 = "sha512:" + "b" * 128
@@ -122,32 +120,3 @@ def test_configured_path_prefix() -> None:
     )
     assert matcher.match_manifest("/v2/a/manifests/v1") is None
     assert matcher.match_manifest("/other/v2/a/manifests/v1") is None
-
-
-@pytest.mark.parametrize(
-    "path, expected",
-    [
-        ("/api/v1/repository/a/b/tag/v1/pull_statistics", ("tag", "a/b", "v1")),
-        (f"/api/v1/repository/a/manifest/{SHA256}/pull_statistics", ("manifest", "a", SHA256)),
-        ("/api/v1/repository/x/tag/tag/v1/pull_statistics", ("tag", "x/tag", "v1")),
-        ("/api/v1/repository/a/b/tag/v1", None),
-        ("/api/v1/repository/a/b/labels/v1/pull_statistics", None),
-        ("/api/v1/repository/tag/v1/pull_statistics", None),
-        ("/api/v1/user/", None),
-    ],
-)
-def test_stats_paths(path: str, expected: tuple[str, str, str] | None) -> None:
-    assert parse_stats_path(path) == expected
-
-
-@pytest.mark.parametrize(
-    "path",
-    [
-        "/api/v1/repository/A/tag/v1/pull_statistics",
-        "/api/v1/repository/a/tag/-v1/pull_statistics",
-        "/api/v1/repository/a/manifest/sha256:xyz/pull_statistics",
-    ],
-)
-def test_malformed_stats_paths_raise(path: str) -> None:
-    with pytest.raises(StatsPathError):
-        parse_stats_path(path)

@@ -93,7 +93,30 @@ def test_malformed_names_are_400(client: Driver, path: str, detail: str) -> None
 def test_other_methods_are_405(client: Driver) -> None:
     result = client.request("POST", "/api/v1/repository/library/hello/tag/v1/pull_statistics")
     assert_error(result, 405)
-    assert result.headers["allow"] == "GET"
+    assert result.headers["allow"] == "GET, HEAD"
+
+
+def test_head_answers_like_get_without_a_body(client: Driver) -> None:
+    client.get("/v2/library/hello/manifests/v1")
+    client.flush()
+    path = "/api/v1/repository/library/hello/tag/v1/pull_statistics"
+    got, head = client.get(path), client.head(path)
+    assert head.status == 200 and head.body == b""
+    assert head.headers["content-length"] == got.headers["content-length"] == str(len(got.body))
+    assert got.json()["tag_pull_count"] == 1
+    bad = client.head("/api/v1/repository/Library/hello/tag/v1/pull_statistics")
+    assert bad.status == 400 and bad.body == b""
+    client.flush()
+    assert stats(client, "library/hello/tag/v1").json()["tag_pull_count"] == 1  # never counted
+
+
+def test_repository_with_a_manifests_component(client: Driver) -> None:
+    """The statistics root is tested before the manifest path, so a repository
+    named `.../manifests/...` still reaches its statistics."""
+    assert client.get("/v2/library/multi/manifests/tools/manifests/v1").status == 200
+    client.flush()
+    result = stats(client, "library/multi/manifests/tools/tag/v1")
+    assert result.status == 200 and result.json()["tag_pull_count"] == 1
 
 
 def test_unknown_repository_tag_and_manifest_are_404(client: Driver) -> None:

@@ -28,7 +28,7 @@ def apply(store: Store, *items: object, batch_id: str = "", window: float = 30.0
         elif isinstance(item, ManifestDelta):
             batch.manifests.append(item)
         else:
-            batch.resolutions.append(item)  # type: ignore[arg-type]
+            batch.attribution_events.append(item)  # type: ignore[arg-type]
     return store.apply(batch, window=window)
 
 

@@ -1,7 +1,7 @@
-"""Request matchers: decide, from a method and a path alone, whether a request
-is something the middleware cares about. Compiled once, no I/O."""
+"""Request matchers and the OCI name grammar: decide, from a path alone, whether a
+request names a manifest, and whether a name is valid. Compiled once, no I/O."""
 
-from pullstats_middleware.matchers.base import ManifestRequest, Matcher
+from pullstats_middleware.matchers.base import ManifestRequest, Matcher, StatsRequest
 from pullstats_middleware.matchers.oci import (
     DIGEST_RE,
     REPOSITORY_RE,
@@ -12,7 +12,6 @@ from pullstats_middleware.matchers.oci import (
     validate_repository,
     validate_tag,
 )
-from pullstats_middleware.matchers.stats import StatsRequest, parse_stats_path
 
 __all__ = [
     "DIGEST_RE",
@@ -23,7 +22,6 @@ __all__ = [
     "OCIMatcher",
     "StatsRequest",
     "is_digest",
-    "parse_stats_path",
     "validate_digest",
     "validate_repository",
     "validate_tag",

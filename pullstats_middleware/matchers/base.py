@@ -1,4 +1,4 @@
-"""The matcher protocol: what an adapter asks of a path on every request."""
+"""What a request names, as plain values, and the matcher protocol."""
 
 from __future__ import annotations
 
@@ -11,6 +11,18 @@ class ManifestRequest(NamedTuple):
     repository: str
     reference: str
     by_digest: bool
+
+
+class StatsRequest(NamedTuple):
+    """What a statistics request asks about, as a custom authorization policy sees it.
+
+    `kind` is the route's name ("tag", "manifest", ...); `reference` the tag or
+    digest, or "" for a route about a whole repository.
+    """
+
+    kind: str
+    repository: str
+    reference: str
 
 
 class Matcher(Protocol):

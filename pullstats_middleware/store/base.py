@@ -9,8 +9,9 @@ re-send as a no-op.
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 
 def iso_date(ts: float) -> str:
@@ -36,7 +37,7 @@ class ManifestDelta(NamedTuple):
 class Resolution(NamedTuple):
     """A HEAD by tag that resolved `tag` to `digest` for one client.
 
-    `client` is the raw identity on the request thread and its hash in a batch.
+    `client` is the hashed client identity (it never holds a credential).
     """
 
     client: str
@@ -60,11 +61,35 @@ class Batch:
     id: str
     tags: list[TagDelta] = field(default_factory=list)
     manifests: list[ManifestDelta] = field(default_factory=list)
-    # Attribution events, in the order they happened in one process.
-    resolutions: list[Resolution | DigestFetch] = field(default_factory=list)
+    # The two kinds of attribution event, in the order they happened in one process.
+    attribution_events: list[Resolution | DigestFetch] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.tags) + len(self.manifests) + len(self.resolutions)
+        return len(self.tags) + len(self.manifests) + len(self.attribution_events)
+
+
+def cut_batches(
+    tags: dict[tuple[str, str], list[Any]],
+    manifests: dict[tuple[str, str], list[float]],
+    events: list[Resolution | DigestFetch],
+    size: int,
+) -> list[Batch]:
+    """The recorder's buffer (`[count, ts, digest]` per tag, `[count, ts]` per
+    manifest), cut into batches of at most `size` keys, each with a new id."""
+    batches = [Batch(uuid.uuid4().hex)]
+
+    def room() -> Batch:
+        if len(batches[-1]) >= size:
+            batches.append(Batch(uuid.uuid4().hex))
+        return batches[-1]
+
+    for (repo, tag), (count, ts, digest) in tags.items():
+        room().tags.append(TagDelta(repo, tag, count, iso_date(ts), digest))
+    for (repo, digest), (count, ts) in manifests.items():
+        room().manifests.append(ManifestDelta(repo, digest, int(count), iso_date(ts)))
+    for event in events:
+        room().attribution_events.append(event)
+    return [batch for batch in batches if len(batch)]
 
 
 class TagRecord(NamedTuple):
@@ -84,6 +109,10 @@ NEVER_PULLED_MANIFEST = ManifestRecord(0, None)
 
 class StoreDataError(RuntimeError):
     """A value in the store is not what the schema says (names the key and field)."""
+
+
+class StoreUnavailable(RuntimeError):
+    """The store cannot be read right now (unreachable, timed out); worth a retry."""
 
 
 class Store(Protocol):

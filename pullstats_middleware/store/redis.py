@@ -5,11 +5,14 @@ from __future__ import annotations
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
+from redis.exceptions import RedisError
+
 from pullstats_middleware.store.base import (
     Batch,
     DigestFetch,
     ManifestRecord,
     StoreDataError,
+    StoreUnavailable,
     TagRecord,
     iso_date,
 )
@@ -50,7 +53,7 @@ class RedisStore:
             self._batch_ttl,
             len(batch.tags),
             len(batch.manifests),
-            len(batch.resolutions),
+            len(batch.attribution_events),
             window,
             CLOCK_SKEW,
             p,
@@ -61,7 +64,7 @@ class RedisStore:
         for m in batch.manifests:
             keys.append(self.manifest_key(m.repository, m.digest))
             args += (m.pulls, m.date)
-        for e in batch.resolutions:
+        for e in batch.attribution_events:
             tail = f"{e.client}/{e.repository}/{e.digest}"
             keys += (f"{p}/resolution/{tail}", f"{p}/unclaimed/{tail}")
             if isinstance(e, DigestFetch):
@@ -75,15 +78,21 @@ class RedisStore:
 
     def read_tag(self, repository: str, tag: str) -> TagRecord:
         key = self.tag_key(repository, tag)
-        count, date, digest = self.client.hmget(
-            key, ["pull_count", "last_pull_date", "current_manifest_digest"]
+        count, date, digest = self._hmget(
+            key, "pull_count", "last_pull_date", "current_manifest_digest"
         )
         return TagRecord(_count(key, count), _opt(date), _opt(digest))
 
     def read_manifest(self, repository: str, digest: str) -> ManifestRecord:
         key = self.manifest_key(repository, digest)
-        count, date = self.client.hmget(key, ["pull_count", "last_pull_date"])
+        count, date = self._hmget(key, "pull_count", "last_pull_date")
         return ManifestRecord(_count(key, count), _opt(date))
+
+    def _hmget(self, key: str, *names: str) -> list[Any]:
+        try:
+            return list(self.client.hmget(key, names))
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     def close(self) -> None:
         self.client.close()

@@ -16,7 +16,7 @@ import ssl
 from collections.abc import AsyncIterator
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import TYPE_CHECKING, Any
-from urllib.parse import SplitResult, quote_from_bytes, urlsplit, urlunsplit
+from urllib.parse import quote_from_bytes, urlsplit
 
 import anyio
 import httpx2
@@ -24,25 +24,19 @@ import httpx2
 from pullstats_middleware.asgi import PullStatsASGIMiddleware
 from pullstats_middleware.config import PullStatsConfig
 from pullstats_middleware.metrics import PullMetrics
+from pullstats_middleware.proxy.headers import (
+    check_upstream,
+    origin,
+    request_headers,
+    response_headers,
+)
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
 
 log = logging.getLogger("pullstats_middleware")
 
-Headers = list[tuple[bytes, bytes]]
-
-HOP_BY_HOP = frozenset(
-    b"connection keep-alive proxy-authenticate proxy-authorization te trailer "
-    b"transfer-encoding upgrade".split()
-)
-# Set by this hop itself. `Expect: 100-continue` was already answered to the
-# client by the server in front of us, and httpx cannot wait for a second one.
-_REPLACED = frozenset(
-    (b"host", b"expect", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
-)
 _READ_BYTES = 1 << 20  # upstream socket reads, see _read_bigger_chunks
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 _URL_SAFE = bytes(range(0x21, 0x7F)).decode().replace("#", "")
 # No cookie jar: the shared client must never keep one user's Set-Cookie for another.
 _NO_COOKIES = CookieJar(DefaultCookiePolicy(allowed_domains=[]))
@@ -50,29 +44,6 @@ _NO_COOKIES = CookieJar(DefaultCookiePolicy(allowed_domains=[]))
 
 class _ClientGone(Exception):
     """The downstream client disconnected while uploading."""
-
-
-def check_upstream(url: str) -> str:
-    """Return the upstream's origin `scheme://host[:port]`; ValueError saying what is wrong."""
-    try:
-        parts = urlsplit(url.strip())
-        parts.port  # noqa: B018 -- raises ValueError on a bad port
-    except ValueError as exc:
-        raise ValueError(f"invalid upstream URL {url!r}: {exc}") from None
-    if parts.scheme not in _DEFAULT_PORTS:
-        raise ValueError(f"upstream URL must start with http:// or https://, got {url!r}")
-    if not parts.hostname:
-        raise ValueError(f"upstream URL {url!r} has no host")
-    if parts.username is not None or parts.password is not None:
-        raise ValueError("upstream URL must not carry credentials; clients' own pass through")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError(f"upstream URL must be an origin like http://registry:5000, got {url!r}")
-    return f"{parts.scheme}://{parts.netloc}"
-
-
-def _origin(parts: SplitResult) -> tuple[str, str, int | None]:
-    scheme = parts.scheme.lower()
-    return scheme, (parts.hostname or "").lower(), parts.port or _DEFAULT_PORTS.get(scheme)
 
 
 class RegistryProxy:
@@ -90,7 +61,7 @@ class RegistryProxy:
             raise ValueError("connect_timeout and read_timeout must be positive numbers of seconds")
         self.upstream = check_upstream(upstream)
         self._host = httpx2.URL(self.upstream).netloc  # IDNA-encoded, with the port
-        self._origin = _origin(urlsplit(self.upstream))
+        self._origin = origin(urlsplit(self.upstream))
         # read/write/pool waits get the read timeout; only connecting is short.
         self._timeout = httpx2.Timeout(read_timeout, connect=connect_timeout)
         self._client = client
@@ -138,7 +109,7 @@ class RegistryProxy:
             await send({"type": "websocket.close", "code": 1003})
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers, has_body = self._request_headers(scope)
+        headers, has_body = request_headers(scope, self._host)
         target = scope.get("raw_path") or scope["path"].encode()
         if scope.get("query_string"):
             target += b"?" + scope["query_string"]
@@ -185,7 +156,7 @@ class RegistryProxy:
             raise failure
 
     async def _stream(self, response: httpx2.Response, scope: Scope, send: Send) -> None:
-        headers = self._response_headers(response.headers.raw, scope)
+        headers = response_headers(response.headers.raw, scope, self._origin)
         await send(
             {"type": "http.response.start", "status": response.status_code, "headers": headers}
         )
@@ -198,62 +169,6 @@ class RegistryProxy:
             log.warning("pullstats proxy: upstream response broke off (%r)", exc)
             return
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    def _request_headers(self, scope: Scope) -> tuple[Headers, bool]:
-        raw: Headers = scope.get("headers", [])
-        drop = HOP_BY_HOP | _REPLACED | _connection_tokens(raw)
-        out: Headers = [(b"host", self._host)]
-        forwarded: list[bytes] = []
-        host = b""
-        has_body = False
-        for name, value in raw:
-            name = name.lower()
-            if name == b"host":
-                host = value
-            elif name == b"x-forwarded-for":
-                forwarded.append(value)
-            elif name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
-                has_body = True
-            if name not in drop:
-                out.append((name, value))
-        peer = scope.get("client")
-        if peer:
-            forwarded.append(peer[0].encode("latin-1"))
-        if forwarded:
-            out.append((b"x-forwarded-for", b", ".join(forwarded)))
-        out.append((b"x-forwarded-proto", scope.get("scheme", "http").encode("latin-1")))
-        if host:
-            out.append((b"x-forwarded-host", host))
-        return out, has_body
-
-    def _response_headers(self, raw: Headers, scope: Scope) -> Headers:
-        drop = HOP_BY_HOP | _connection_tokens(raw)
-        out: Headers = []
-        for name, value in raw:
-            name = name.lower()
-            if name in drop:
-                continue
-            if name == b"location":
-                value = self._rewrite_location(value, scope)
-            out.append((name, value))
-        return out
-
-    def _rewrite_location(self, value: bytes, scope: Scope) -> bytes:
-        """An absolute URL naming the upstream would send the client around us."""
-        try:
-            parts = urlsplit(value.decode("latin-1"))
-            if not parts.netloc or _origin(parts) != self._origin:
-                return value  # relative, or another host (a blob storage redirect)
-        except ValueError:
-            return value
-        host: str = dict(scope.get("headers", [])).get(b"host", b"").decode("latin-1")
-        if not host and scope.get("server"):
-            address, port = scope["server"]
-            host = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
-        if not host:
-            return value
-        scheme: str = scope.get("scheme", "http")
-        return urlunsplit((scheme, host, parts.path, parts.query, parts.fragment)).encode("latin-1")
 
     async def _unavailable(self, send: Send, status: int, message: str, exc: Exception) -> None:
         log.warning("pullstats proxy: %s: %s (%r)", self.upstream, message, exc)
@@ -310,17 +225,6 @@ def _read_bigger_chunks() -> None:
         return
     if getattr(AsyncHTTP11Connection, "READ_NUM_BYTES", 0) < _READ_BYTES:
         AsyncHTTP11Connection.READ_NUM_BYTES = _READ_BYTES
-
-
-def _connection_tokens(headers: Headers) -> frozenset[bytes]:
-    """Headers named in `Connection` are hop-by-hop too (RFC 9110 §7.6.1)."""
-    return frozenset(
-        token.strip().lower()
-        for name, value in headers
-        if name.lower() == b"connection"
-        for token in value.split(b",")
-        if token.strip()
-    )
 
 
 def proxy_app(

@@ -1,0 +1,194 @@
+"""The `pullstats` command line: its commands, flags and help, and nothing else.
+
+The configuration keys listed under each command's `--help` come from the
+config fields' own help text (`config.KEYS`), so a key cannot go undocumented.
+"""
+
+from __future__ import annotations
+
+import argparse
+import textwrap
+from collections.abc import Callable
+from dataclasses import MISSING, fields
+from typing import Any, NoReturn
+
+from pullstats_middleware.config import KEYS, PullStatsConfig
+
+Command = Callable[[argparse.Namespace], int]
+
+EXAMPLES = """\
+examples:
+  pullstats demo
+  pullstats proxy --upstream http://localhost:5000 --redis-url redis://localhost:6379/0
+  pullstats stats library/hello:v1 --redis-url redis://localhost:6379/0 --json
+
+Run 'pullstats COMMAND --help' for the flags and configuration keys of each command."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"pullstats: error: {message} (see '{self.prog} --help')\n")
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r} (0-65535)")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}")
+    return value
+
+
+def keys_epilog(intro: str) -> str:
+    defaults = {f.metadata["key"]: f.default for f in fields(PullStatsConfig)}
+    lines = [wrap(intro), "", "configuration keys (in the --config YAML file or the environment):"]
+    for key, help_text in KEYS.items():
+        default: Any = defaults.get(key, MISSING)
+        shown = "" if default in (MISSING, None, "", (), False) else f" [{default}]"
+        lines += [f"  {key}", wrap(help_text + shown, indent=6)]
+    lines += ["", wrap("precedence: YAML file < environment < flags. exit status: 0 ok, 2 error.")]
+    return "\n".join(lines)
+
+
+def wrap(text: str, indent: int = 0) -> str:
+    return textwrap.fill(text, 79, initial_indent=" " * indent, subsequent_indent=" " * indent)
+
+
+def build_parser(proxy: Command, demo: Command, stats: Command) -> argparse.ArgumentParser:
+    raw = argparse.RawDescriptionHelpFormatter  # the epilogs are laid out by hand
+    parser = _Parser(
+        prog="pullstats",
+        description="Image pull statistics for any container registry.",
+        epilog=EXAMPLES,
+        formatter_class=raw,
+    )
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    command = commands.add_parser(
+        "proxy",
+        help="reverse proxy in front of any registry, counting pulls",
+        description=wrap(
+            "Forward every request to an upstream registry (CNCF distribution, Harbor, Zot, "
+            "Quay, ...) unchanged, streaming bodies both ways, and count manifest pulls on the "
+            "way. The statistics are served at "
+            "/api/v1/repository/REPO/tag/TAG/pull_statistics and "
+            "/api/v1/repository/REPO/manifest/DIGEST/pull_statistics, authorized by asking "
+            "the registry (through the proxy) with the caller's credentials."
+        ),
+        epilog=keys_epilog(
+            "The proxy speaks plain HTTP; put TLS in front of it. It adds X-Forwarded-For "
+            "(appending the peer), X-Forwarded-Proto and X-Forwarded-Host, and rewrites a "
+            "Location naming the upstream to its own address. With several proxy processes "
+            "or for `pullstats stats`, configure Redis: the memory store is per process. "
+            "Start-up fails (exit 2) if the configured Redis does not answer PING."
+        ),
+        formatter_class=raw,
+    )
+    command.add_argument(
+        "--upstream", required=True, metavar="URL", help="the registry, e.g. http://registry:5000"
+    )
+    _listen_flags(command, 8080)
+    _store_flags(command)
+    command.add_argument(
+        "--connect-timeout",
+        type=_seconds,
+        default=5.0,
+        metavar="S",
+        help="seconds to connect to the upstream before answering 504 (default 5)",
+    )
+    command.add_argument(
+        "--read-timeout",
+        type=_seconds,
+        default=60.0,
+        metavar="S",
+        help="seconds of upstream silence before answering 504 (default 60)",
+    )
+    command.add_argument(
+        "--no-upstream-check",
+        dest="upstream_check",
+        action="store_false",
+        help="start even if the upstream does not answer yet (requests get 502 until it does); "
+        "by default one GET /v2/ must get an HTTP answer first",
+    )
+    command.set_defaults(run=proxy)
+
+    command = commands.add_parser(
+        "demo",
+        help="an in-memory registry with pull statistics, to try it out",
+        description=wrap(
+            "Serve a small in-memory registry (library/hello:v1 and a multi-arch "
+            "library/multi:latest) with pull statistics on, counting in this process's memory "
+            "(no Redis, no configuration read), and print curl commands that pull by tag, by "
+            "digest and the containerd way, then read the statistics. Stop it with Ctrl-C."
+        ),
+        formatter_class=raw,
+    )
+    _listen_flags(command, 8080)
+    command.add_argument(
+        "--flush-interval",
+        type=_seconds,
+        default=0.5,
+        metavar="S",
+        help="seconds between writes of the counts (default 0.5)",
+    )
+    command.set_defaults(run=demo)
+
+    command = commands.add_parser(
+        "stats",
+        help="print the pull statistics of a tag or a manifest, read from Redis",
+        description=wrap(
+            "Read the pull statistics of REPO:TAG (a bare REPO means REPO:latest) or "
+            "REPO@DIGEST straight from Redis, without asking the registry. For a tag, the "
+            "manifest shown is the one its last pull served."
+        ),
+        epilog=keys_epilog(
+            "Only Redis can be read from here: the embedded memory store lives inside each "
+            "serving process."
+        ),
+        formatter_class=raw,
+    )
+    command.add_argument(
+        "reference",
+        metavar="REPO:TAG|REPO@DIGEST",
+        help="e.g. library/hello:v1 or library/hello@sha256:...",
+    )
+    _store_flags(command)
+    command.add_argument("--json", action="store_true", help="print JSON, as the HTTP routes do")
+    command.set_defaults(run=stats)
+    return parser
+
+
+def _listen_flags(parser: argparse.ArgumentParser, port: int) -> None:
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+    )
+    parser.add_argument(
+        "--port", type=_port, default=port, help=f"port to listen on (default {port})"
+    )
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="server log level (default info)",
+    )
+
+
+def _store_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--redis-url",
+        metavar="URL",
+        help="Redis for the counts (overrides PULL_METRICS_REDIS), e.g. redis://localhost:6379/0",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE.yaml",
+        help="YAML file with the configuration keys below (Quay's config.yaml works; "
+        "other keys are ignored)",
+    )

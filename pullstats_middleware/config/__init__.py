@@ -1,0 +1,24 @@
+"""Configuration: one validated, immutable object, and the parsers of its values."""
+
+from pullstats_middleware.config.redis_settings import RedisSettings
+from pullstats_middleware.config.settings import (
+    KEYS,
+    AuthPolicy,
+    PullStatsConfig,
+    env_values,
+    key_of,
+    read_file,
+)
+from pullstats_middleware.config.values import ConfigError, IPNetwork
+
+__all__ = [
+    "KEYS",
+    "AuthPolicy",
+    "ConfigError",
+    "IPNetwork",
+    "PullStatsConfig",
+    "RedisSettings",
+    "env_values",
+    "key_of",
+    "read_file",
+]

@@ -1,0 +1,223 @@
+"""The one validated configuration object (docs/design.md, "Configuration").
+
+Built from keyword arguments, from a mapping with the Quay-style keys (a
+Flask `app.config`, a parsed YAML file), from a YAML file, or from environment
+variables of the same names. Every invalid value fails here, at start-up,
+naming its key. Each field carries its key and its help text, so `--help`,
+the README and the loaders read one list.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from pullstats_middleware.config.redis_settings import RedisSettings
+from pullstats_middleware.config.values import (
+    ConfigError,
+    IPNetwork,
+    auth_mode,
+    boolean,
+    integer,
+    networks,
+    seconds,
+)
+from pullstats_middleware.matchers import StatsRequest
+
+# A custom policy gets the request and the caller's headers (lower-case
+# names) and returns True (allow), False (403) or an HTTP status to answer.
+AuthPolicy = Callable[[StatsRequest, Mapping[str, str]], "bool | int"]
+
+FALLBACK_REDIS = "USER_EVENTS_REDIS"
+
+
+def _key(key: str, help: str, **extra: Any) -> dict[str, Any]:
+    return {"key": key, "help": help, **extra}
+
+
+@dataclass(frozen=True, kw_only=True)
+class PullStatsConfig:
+    """Immutable, validated settings. Each field's metadata names its key and says what it is."""
+
+    enabled: bool = field(
+        default=False,
+        metadata=_key(
+            "FEATURE_IMAGE_PULL_STATS", "master switch; off, the middleware passes through"
+        ),
+    )
+    redis: RedisSettings | None = field(
+        default=None,
+        metadata=_key(
+            "PULL_METRICS_REDIS",
+            "where counts live: a redis://, rediss:// or unix:// URL, or JSON "
+            "{host, port, password, ssl, db, username} or {sentinels, service_name}",
+        ),
+    )
+    key_prefix: str = field(
+        default="pull_metrics",
+        metadata=_key("PULL_METRICS_KEY_PREFIX", "prefix of every Redis key"),
+    )
+    path_prefix: str = field(
+        default="", metadata=_key("PULL_METRICS_PATH_PREFIX", "path the registry is mounted under")
+    )
+    auth: str | AuthPolicy = field(
+        default="registry",
+        metadata=_key(
+            "PULL_METRICS_AUTH",
+            "who may read statistics: registry (ask the registry), none, or module:callable",
+        ),
+    )
+    flush_interval: float = field(
+        default=1.0,
+        metadata=_key("PULL_METRICS_FLUSH_INTERVAL", "seconds between writes to the store"),
+    )
+    buffer_max_keys: int = field(
+        default=100_000,
+        metadata=_key(
+            "PULL_METRICS_BUFFER_MAX_KEYS", "keys buffered in memory before new ones are dropped"
+        ),
+    )
+    batch_max_keys: int = field(
+        default=1_000, metadata=_key("PULL_METRICS_BATCH_MAX_KEYS", "keys per write to the store")
+    )
+    max_manifest_bytes: int = field(
+        default=4 * 1024 * 1024,
+        metadata=_key(
+            "PULL_METRICS_MAX_MANIFEST_BYTES",
+            "largest manifest hashed when the digest header is missing",
+        ),
+    )
+    shutdown_timeout: float = field(
+        default=5.0, metadata=_key("PULL_METRICS_SHUTDOWN_TIMEOUT", "seconds to flush at shutdown")
+    )
+    resolution_window: float = field(
+        default=30.0,
+        metadata=_key(
+            "PULL_METRICS_RESOLUTION_WINDOW",
+            "seconds a HEAD by tag waits for its GET by digest (containerd)",
+        ),
+    )
+    trusted_proxies: tuple[IPNetwork, ...] = field(
+        default=(),
+        metadata=_key(
+            "PULL_METRICS_TRUSTED_PROXIES",
+            "comma-separated networks whose X-Forwarded-For is believed",
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # frozen: normalise in place, once
+        set_(self, "enabled", boolean(key_of("enabled"), self.enabled))
+        if self.redis is not None:
+            set_(self, "redis", RedisSettings.parse(key_of("redis"), self.redis))
+        for name in ("flush_interval", "shutdown_timeout", "resolution_window"):
+            set_(self, name, seconds(key_of(name), getattr(self, name)))
+        for name in ("buffer_max_keys", "batch_max_keys", "max_manifest_bytes"):
+            set_(self, name, integer(key_of(name), getattr(self, name), minimum=1))
+        prefix = self.key_prefix
+        if not isinstance(prefix, str) or not prefix or prefix.endswith("/"):
+            raise ConfigError(
+                f"{key_of('key_prefix')} must be a non-empty string not ending in '/'"
+            )
+        path = self.path_prefix
+        if not isinstance(path, str) or (path and not path.startswith("/")):
+            raise ConfigError(
+                f"{key_of('path_prefix')} must be empty or start with '/', got {path!r}"
+            )
+        set_(self, "path_prefix", path.rstrip("/"))
+        set_(self, "auth", auth_mode(key_of("auth"), self.auth))
+        set_(self, "trusted_proxies", networks(key_of("trusted_proxies"), self.trusted_proxies))
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any], **overrides: Any) -> PullStatsConfig:
+        """From the Quay-style keys; `PULL_METRICS_REDIS` falls back to `USER_EVENTS_REDIS`."""
+        kwargs: dict[str, Any] = {}
+        for f in fields(cls):
+            key = f.metadata["key"]
+            if key in mapping and mapping[key] is not None:
+                kwargs[f.name] = mapping[key]
+        if "redis" not in kwargs and mapping.get(FALLBACK_REDIS) is not None:
+            kwargs["redis"] = RedisSettings.parse(FALLBACK_REDIS, mapping[FALLBACK_REDIS])
+        kwargs.update(overrides)
+        try:
+            return cls(**kwargs)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as exc:  # a value of a shape no parser expected
+            raise ConfigError(" ".join(str(exc).split())) from None
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> PullStatsConfig:
+        """From environment variables of the same names (Redis as JSON or a URL)."""
+        return cls.from_mapping(env_values(environ), **overrides)
+
+    @classmethod
+    def from_file(
+        cls,
+        path: str | os.PathLike[str] | None,
+        *,
+        environ: Mapping[str, str] | None = None,
+        defaults: Mapping[str, Any] | None = None,
+        **overrides: Any,
+    ) -> PullStatsConfig:
+        """From a YAML (or JSON) file of the same keys (Quay's config.yaml works; other
+        keys are ignored). Precedence: `defaults` < the file < `environ` < `overrides`;
+        `path` None reads no file."""
+        mapping = dict(defaults or {})
+        if path is not None:
+            mapping.update((k, v) for k, v in read_file(path).items() if v is not None)
+        if environ is not None:
+            mapping.update(env_values(environ))
+        return cls.from_mapping(mapping, **overrides)
+
+
+# Every key the loaders read, in the order `--help` lists them, with its help text.
+KEYS: dict[str, str] = {}
+for _f in fields(PullStatsConfig):
+    KEYS[_f.metadata["key"]] = _f.metadata["help"]
+    if _f.name == "redis":
+        KEYS[FALLBACK_REDIS] = "used when PULL_METRICS_REDIS is not set"
+
+
+def key_of(name: str) -> str:
+    """The mapping/environment key of the field `name`."""
+    for f in fields(PullStatsConfig):
+        if f.name == name:
+            return str(f.metadata["key"])
+    raise KeyError(name)
+
+
+def env_values(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The configuration keys set (non-empty) in `environ` (default: the process's)."""
+    env = os.environ if environ is None else environ
+    return {key: env[key] for key in KEYS if env.get(key, "") != ""}
+
+
+def read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The mapping a YAML file holds; every way it can be unreadable is a ConfigError."""
+    try:
+        import yaml
+    except ImportError:
+        raise ConfigError(
+            "reading a config file needs PyYAML: pip install 'pullstats-middleware[proxy]'"
+        ) from None
+    try:
+        with open(path, encoding="utf-8") as stream:
+            data = yaml.safe_load(stream)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
+        ) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys, not {type(data).__name__}")
+    return data

@@ -1,0 +1,93 @@
+"""Parsers of single configuration values: each returns the typed value or raises
+`ConfigError` naming the key, so every bad value is caught at start-up."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from typing import Any
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; the message names the key."""
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def boolean(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ConfigError(f"{key} must be true or false, got {value!r}")
+
+
+def integer(key: str, value: Any, *, minimum: int) -> int:
+    try:
+        number = int(value) if not isinstance(value, (bool, float)) else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None or number < minimum:
+        raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
+    return number
+
+
+def seconds(key: str, value: Any) -> float:
+    try:
+        number = float(value) if not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not number > 0 or number == float("inf"):
+        raise ConfigError(f"{key} must be a positive number of seconds, got {value!r}")
+    return number
+
+
+def auth_mode(key: str, value: Any) -> str | Callable[..., Any]:
+    if callable(value):
+        return value  # type: ignore[no-any-return]
+    if value in ("registry", "none"):
+        return str(value)
+    if isinstance(value, str) and ":" in value:
+        module, _, attr = value.partition(":")
+        try:
+            target = getattr(__import__(module, fromlist=[attr]), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"{key}: cannot load {value!r} ({exc})") from None
+        if callable(target):
+            return target  # type: ignore[no-any-return]
+    raise ConfigError(
+        f"{key} must be 'registry', 'none', a callable or 'module:callable', got {value!r}"
+    )
+
+
+def host_ports(key: str, value: Any) -> tuple[tuple[str, int], ...]:
+    """`["host:port", ...]`, `[[host, port], ...]` or `"host:port,host:port"`."""
+    items = value.split(",") if isinstance(value, str) else value
+    out = []
+    try:
+        for item in items:
+            host, port = item.rsplit(":", 1) if isinstance(item, str) else item
+            out.append((str(host).strip(), integer(key, port, minimum=1)))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{key} must be a list of host:port, got {value!r} ({exc})") from None
+    if not out or not all(host for host, _ in out):
+        raise ConfigError(f"{key} must name at least one host:port, got {value!r}")
+    return tuple(out)
+
+
+def networks(key: str, value: Any) -> tuple[IPNetwork, ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    try:
+        return tuple(
+            item if not isinstance(item, str) else ipaddress.ip_network(item.strip(), strict=False)
+            for item in items
+            if not (isinstance(item, str) and not item.strip())
+        )
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"{key} must be a list of IP addresses or networks, got {value!r} ({exc})"
+        ) from None

@@ -1,0 +1,119 @@
+"""What a well-behaved HTTP intermediary changes in the headers it forwards, and
+the upstream's address it checks: hop-by-hop headers, Host, X-Forwarded-*, and
+a Location naming the upstream (RFC 9110 §7.6)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+from urllib.parse import SplitResult, urlsplit, urlunsplit
+
+if TYPE_CHECKING:
+    from starlette.types import Scope
+
+Headers = list[tuple[bytes, bytes]]
+Origin = tuple[str, str, int | None]
+
+HOP_BY_HOP = frozenset(
+    b"connection keep-alive proxy-authenticate proxy-authorization te trailer "
+    b"transfer-encoding upgrade".split()
+)
+# Set by this hop itself. `Expect: 100-continue` was already answered to the
+# client by the server in front of us, and httpx cannot wait for a second one.
+_REPLACED = frozenset(
+    (b"host", b"expect", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
+)
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def check_upstream(url: str) -> str:
+    """Return the upstream's origin `scheme://host[:port]`; ValueError saying what is wrong."""
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 -- raises ValueError on a bad port
+    except ValueError as exc:
+        raise ValueError(f"invalid upstream URL {url!r}: {exc}") from None
+    if parts.scheme not in _DEFAULT_PORTS:
+        raise ValueError(f"upstream URL must start with http:// or https://, got {url!r}")
+    if not parts.hostname:
+        raise ValueError(f"upstream URL {url!r} has no host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("upstream URL must not carry credentials; clients' own pass through")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"upstream URL must be an origin like http://registry:5000, got {url!r}")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def origin(parts: SplitResult) -> Origin:
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or _DEFAULT_PORTS.get(scheme)
+
+
+def request_headers(scope: Scope, upstream_host: bytes) -> tuple[Headers, bool]:
+    """The headers to send upstream, and whether the request has a body."""
+    raw: Headers = scope.get("headers", [])
+    drop = HOP_BY_HOP | _REPLACED | _connection_tokens(raw)
+    out: Headers = [(b"host", upstream_host)]
+    forwarded: list[bytes] = []
+    host = b""
+    has_body = False
+    for name, value in raw:
+        name = name.lower()
+        if name == b"host":
+            host = value
+        elif name == b"x-forwarded-for":
+            forwarded.append(value)
+        elif name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
+            has_body = True
+        if name not in drop:
+            out.append((name, value))
+    peer = scope.get("client")
+    if peer:
+        forwarded.append(peer[0].encode("latin-1"))
+    if forwarded:
+        out.append((b"x-forwarded-for", b", ".join(forwarded)))
+    out.append((b"x-forwarded-proto", scope.get("scheme", "http").encode("latin-1")))
+    if host:
+        out.append((b"x-forwarded-host", host))
+    return out, has_body
+
+
+def response_headers(raw: Headers, scope: Scope, upstream: Origin) -> Headers:
+    drop = HOP_BY_HOP | _connection_tokens(raw)
+    out: Headers = []
+    for name, value in raw:
+        name = name.lower()
+        if name in drop:
+            continue
+        if name == b"location":
+            value = _rewrite_location(value, scope, upstream)
+        out.append((name, value))
+    return out
+
+
+def _rewrite_location(value: bytes, scope: Scope, upstream: Origin) -> bytes:
+    """An absolute URL naming the upstream would send the client around us."""
+    try:
+        parts = urlsplit(value.decode("latin-1"))
+        if not parts.netloc or origin(parts) != upstream:
+            return value  # relative, or another host (a blob storage redirect)
+    except ValueError:
+        return value
+    host: str = dict(scope.get("headers", [])).get(b"host", b"").decode("latin-1")
+    if not host and scope.get("server"):
+        address, port = scope["server"]
+        host = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+    if not host:
+        return value
+    scheme: str = scope.get("scheme", "http")
+    return urlunsplit((scheme, host, parts.path, parts.query, parts.fragment)).encode("latin-1")
+
+
+def _connection_tokens(headers: Headers) -> frozenset[bytes]:
+    """Headers named in `Connection` are hop-by-hop too (RFC 9110 §7.6.1)."""
+    return frozenset(
+        token.strip().lower()
+        for name, value in headers
+        if name.lower() == b"connection"
+        for token in value.split(b",")
+        if token.strip()
+    )

@@ -1,0 +1,79 @@
+"""The statistics routes of a tag and of a manifest (docs/design.md, "HTTP routes").
+
+Each route is one handler and one `Route` in `ROUTES`; the router does the
+rest (matching, validation, authorization, errors).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from pullstats_middleware.matchers import (
+    is_digest,
+    validate_digest,
+    validate_repository,
+    validate_tag,
+)
+from pullstats_middleware.routes.http import Probe, Response, json_response
+from pullstats_middleware.routes.router import Route, RouteContext
+
+# What the manifest probe accepts, so the registry answers with the digest a
+# client would pull (an index stays an index).
+MANIFEST_ACCEPT = ", ".join(
+    [
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.docker.distribution.manifest.v1+prettyjws",
+    ]
+)
+
+
+def manifest_head(args: Mapping[str, str]) -> Probe:
+    """May the caller pull this manifest? The registry's HEAD answers, and names its digest."""
+    return Probe("HEAD", f"/v2/{args['repository']}/manifests/{args['reference']}", MANIFEST_ACCEPT)
+
+
+def tags_list(args: Mapping[str, str]) -> Probe:
+    """May the caller list this repository's tags? For routes about a whole repository."""
+    return Probe("GET", f"/v2/{args['repository']}/tags/list", "application/json")
+
+
+def tag_statistics(context: RouteContext) -> Response:
+    # What the tag points to now, when the registry said so, beats the digest of its last pull.
+    current = None
+    if context.probe is not None:
+        header = context.probe.headers.get("docker-content-digest", "").strip()
+        current = header if is_digest(header) else None
+    args = context.args
+    payload = context.metrics.get_tag_statistics(args["repository"], args["reference"], current)
+    return json_response(200, payload)
+
+
+def manifest_statistics(context: RouteContext) -> Response:
+    args = context.args
+    payload = context.metrics.get_manifest_statistics(args["repository"], args["reference"])
+    return json_response(200, payload)
+
+
+_REPOSITORY = "/api/v1/repository/<anypath:repository>"
+
+ROUTES: tuple[Route, ...] = (
+    Route(
+        "tag",
+        f"{_REPOSITORY}/tag/<segment:reference>/pull_statistics",
+        tag_statistics,
+        params={"repository": validate_repository, "reference": validate_tag},
+        probe=manifest_head,
+        summary="Pull statistics of one tag and of the manifest it points to",
+    ),
+    Route(
+        "manifest",
+        f"{_REPOSITORY}/manifest/<segment:reference>/pull_statistics",
+        manifest_statistics,
+        params={"repository": validate_repository, "reference": validate_digest},
+        probe=manifest_head,
+        summary="Pull statistics of one manifest, by digest",
+    ),
+)

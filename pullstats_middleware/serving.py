@@ -1,0 +1,121 @@
+"""Start-up checks and serving for the `pullstats` commands.
+
+Every way start-up can fail (a port in use, a Redis or an upstream that does
+not answer) raises `StartupError` with one line saying what and where; the
+command line turns it into `pullstats: error: ...` and exit status 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import TYPE_CHECKING
+
+from pullstats_middleware.config import PullStatsConfig, RedisSettings
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp
+
+
+class StartupError(Exception):
+    """Reported as one line on stderr, exit status 2."""
+
+
+def one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def ping_redis(settings: RedisSettings) -> None:
+    """Fail now, not at the first pull."""
+    import redis
+
+    try:
+        client = settings.client()
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except (redis.RedisError, OSError, ValueError) as exc:
+        raise StartupError(
+            f"cannot reach Redis at {settings.describe()}: {one_line(exc)}"
+        ) from None
+
+
+def reach_upstream(upstream: str, timeout: float) -> None:
+    """One request to the upstream's `/v2/`: any HTTP answer (401 too) means it is there."""
+    import ssl
+
+    import httpx2
+
+    try:
+        httpx2.get(
+            upstream + "/v2/", timeout=timeout, trust_env=False, verify=ssl.create_default_context()
+        )
+    except httpx2.HTTPError as exc:
+        why = one_line(exc) or type(exc).__name__
+        raise StartupError(
+            f"cannot reach the upstream registry at {upstream}: {why} "
+            "(--no-upstream-check starts anyway)"
+        ) from None
+
+
+def demo_app(flush_interval: float) -> tuple[ASGIApp, tuple[str, str, str]]:
+    """The demo registry, wrapped, counting in memory; and the digests of what it holds:
+    library/hello:v1, the library/multi:latest index and its linux/amd64 image."""
+    from pullstats_middleware.asgi import PullStatsASGIMiddleware
+    from pullstats_middleware.demo_registry import MemoryRegistry, starlette_app
+    from pullstats_middleware.metrics import PullMetrics
+    from pullstats_middleware.store import MemoryStore
+
+    registry = MemoryRegistry()
+    digest = registry.push_image("library/hello", "v1")
+    index, (amd64, _) = registry.push_index(
+        "library/multi", "latest", ["linux/amd64", "linux/arm64"]
+    )
+    # The embedded store on purpose: the demo needs nothing else running.
+    config = PullStatsConfig(enabled=True, flush_interval=flush_interval)
+    metrics = PullMetrics(config, store=MemoryStore())
+    return PullStatsASGIMiddleware(starlette_app(registry), metrics=metrics), (digest, index, amd64)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """Bind here, so a port in use is our one-line error rather than uvicorn's exit."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto
+    # says TCP, and without it every keep-alive response waits ~40 ms (Nagle).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def setup_logging(level: str) -> None:
+    from uvicorn.logging import DefaultFormatter
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(DefaultFormatter("%(levelprefix)s %(message)s"))  # as uvicorn's lines
+    logging.basicConfig(level=level.upper(), handlers=[handler])
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # uvicorn's access log says it all
+
+
+def serve(app: ASGIApp, sock: socket.socket, host: str, log_level: str, *, proxy: bool) -> None:
+    import uvicorn
+
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=sock.getsockname()[1],
+        lifespan="on",
+        log_level=log_level,
+        # The upstream's Date and Server pass through; X-Forwarded-For is appended
+        # with the real peer rather than consumed by uvicorn.
+        proxy_headers=not proxy,
+        server_header=not proxy,
+        date_header=not proxy,
+        ws="none",
+    )
+    uvicorn.Server(config).run(sockets=[sock])
