@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from pullstats_middleware.config import PullStatsConfig
 from pullstats_middleware.exchange import ManifestExchange
-from pullstats_middleware.matchers import OCIMatcher
+from pullstats_middleware.matchers import ManifestRequest, OCIMatcher
 from pullstats_middleware.metrics import PullMetrics
 from pullstats_middleware.routes import ROUTES, Route, Router
 
@@ -23,16 +24,22 @@ _WATCHED = frozenset(("GET", "HEAD"))
 class Adapter:
     """Base of `PullStatsMiddleware` and `PullStatsASGIMiddleware`.
 
-    Off (`FEATURE_IMAGE_PULL_STATS` false) it is a pure pass-through: no store,
-    no thread, no routes (`router` is None).
+    `metrics`: share one `PullMetrics` between several wrapped apps; `routes`:
+    the statistics route table. Off (`FEATURE_IMAGE_PULL_STATS` false) it is a
+    pure pass-through: no store, no thread, no routes (`router` is None).
     """
+
+    __slots__ = ("_matcher", "app", "config", "metrics", "router")
 
     def __init__(
         self,
-        config: PullStatsConfig | None,
-        metrics: PullMetrics | None,
+        app: Any,  # typed by each adapter
+        config: PullStatsConfig | None = None,
+        *,
+        metrics: PullMetrics | None = None,
         routes: Sequence[Route] = ROUTES,
     ) -> None:
+        self.app = app
         if config is None:
             config = metrics.config if metrics is not None else PullStatsConfig.from_env()
         self.config = config
@@ -50,21 +57,30 @@ class Adapter:
                 "trusted network"
             )
 
-    def manifest_exchange(
-        self, method: str, path: str, client: Callable[[], str]
-    ) -> ManifestExchange | None:
-        """The exchange to watch when this request is a manifest GET or HEAD. Never raises:
-        a request the middleware fails to look at passes through uncounted."""
-        if method not in _WATCHED or "/manifests/" not in path:
+    def target(self, method: str, path: str) -> Router | ManifestRequest | None:
+        """What a request is to the middleware: a statistics route (the router answers
+        it), a manifest GET or HEAD to watch, or None: pass it through untouched.
+
+        Every request pays for this: two string tests for most. Never raises; a
+        request the middleware fails to look at passes through uncounted.
+        """
+        router = self.router
+        if router is None:
             return None
         try:
-            request = self._matcher.match_manifest(path)
-            if request is None:
-                return None
-            assert self.metrics is not None
-            return ManifestExchange(
-                self.metrics.recorder, request, method, client, self.config.max_manifest_bytes
-            )
+            if path.startswith(router.roots):
+                return router
+            if method in _WATCHED and "/manifests/" in path:
+                return self._matcher.match_manifest(path)
         except Exception:
             log.exception("pull statistics: failed to look at a request; passing it through")
-            return None
+        return None
+
+    def exchange(
+        self, request: ManifestRequest, method: str, client: Callable[[], str]
+    ) -> ManifestExchange:
+        """The watcher of one manifest response; `client` gives the client identity."""
+        assert self.metrics is not None
+        return ManifestExchange(
+            self.metrics.recorder, request, method, client, self.config.max_manifest_bytes
+        )

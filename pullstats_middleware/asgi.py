@@ -6,23 +6,18 @@ starlette_app.add_middleware(PullStatsASGIMiddleware, config=config)
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
 
 from pullstats_middleware.adapter import Adapter
-from pullstats_middleware.config import PullStatsConfig
 from pullstats_middleware.identity import client_address, client_identity
-from pullstats_middleware.metrics import PullMetrics
 from pullstats_middleware.routes import (
-    ROUTES,
     Probe,
     ProbeAnswer,
     Request,
     Response,
-    Route,
     RouteCall,
     Router,
 )
@@ -39,35 +34,27 @@ _PROBE_HEADERS = (b"authorization", b"cookie", b"host")
 class PullStatsASGIMiddleware(Adapter):
     """Wraps an ASGI registry app: counts manifest pulls, serves the statistics routes."""
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        config: PullStatsConfig | None = None,
-        *,
-        metrics: PullMetrics | None = None,
-        routes: Sequence[Route] = ROUTES,
-    ) -> None:
-        self.app = app
-        super().__init__(config, metrics, routes)
+    __slots__ = ()
+    app: ASGIApp
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        router = self.router
-        if router is None or scope["type"] != "http":
-            if router is not None and scope["type"] == "lifespan":
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan" and self.metrics is not None:
                 send = self._lifespan_send(send)
             await self.app(scope, receive, send)
             return
-        path = scope["path"]
+        method, path = scope["method"], scope["path"]
         root = scope.get("root_path", "")
         if root and path.startswith(root):
             path = path[len(root) :]
-        if router.claims(path):
-            await self._statistics(router, path, scope, receive, send)
-            return
-        exchange = self.manifest_exchange(scope["method"], path, lambda: self._client(scope))
-        if exchange is None:
+        target = self.target(method, path)
+        if target is None:
             await self.app(scope, receive, send)
             return
+        if isinstance(target, Router):
+            await self._statistics(target, path, scope, receive, send)
+            return
+        exchange = self.exchange(target, method, lambda: self._client(scope))
 
         async def watching_send(message: Message) -> None:
             if message["type"] == "http.response.body":

@@ -73,28 +73,28 @@ class ManifestExchange:
     def start(self, status: int | str, headers: Iterable[tuple[Any, Any]]) -> None:
         """The response began: an ASGI status and byte headers, or WSGI's `"200 OK"` and str."""
         try:
-            code = status if isinstance(status, int) else int(status[:3])
+            self._status = status if isinstance(status, int) else int(status[:3])
+            if self._status != 200:
+                return
+            request = self._request
+            if request.by_digest:
+                self._digest = request.reference
+                return
             digest = None
             for name, value in headers:
-                if name.lower() in _DIGEST_HEADERS:
-                    digest = value.decode("latin-1") if isinstance(value, bytes) else value
-            self._start(code, digest)
+                # The length test first: most headers are skipped without lower().
+                if len(name) == 21 and name.lower() in _DIGEST_HEADERS:
+                    digest = (
+                        value.decode("latin-1") if isinstance(value, bytes) else value
+                    ).strip()
+            if digest is not None and is_digest(digest):
+                self._digest = digest
+            elif self._method == GET:
+                if digest is not None:
+                    log.debug("ignoring malformed Docker-Content-Digest %r", digest)
+                self._hasher = hashlib.sha256()
         except Exception:
             self.abandon("read a manifest response")
-
-    def _start(self, status: int, digest_header: str | None) -> None:
-        self._status = status
-        if status != 200:
-            return
-        request = self._request
-        if request.by_digest:
-            self._digest = request.reference
-        elif digest_header is not None and is_digest(digest_header.strip()):
-            self._digest = digest_header.strip()
-        elif self._method == GET:
-            if digest_header is not None:
-                log.debug("ignoring malformed Docker-Content-Digest %r", digest_header)
-            self._hasher = hashlib.sha256()
 
     def body(self, chunk: bytes) -> None:
         hasher = self._hasher
@@ -116,33 +116,33 @@ class ManifestExchange:
             self.abandon("hash a manifest body")
 
     def finish(self) -> None:
-        """The body went out to the end: record what this exchange was."""
+        """The body went out to the end: record what this exchange was. Counts once."""
         if self._status != 200:
             return
+        self._status = 0  # a second call counts nothing
         try:
-            self._finish()
-        except Exception:
-            self.abandon("record a pull")
-        self._status = 0  # finished once: a second call counts nothing
-
-    def _finish(self) -> None:
-        if self._hasher is not None:
-            self._digest = "sha256:" + self._hasher.hexdigest()
-        digest = self._digest
-        if digest is None:
-            return
-        request = self._request
-        if self._method == GET:
-            if request.by_digest:
+            if self._hasher is not None:
+                self._digest = "sha256:" + self._hasher.hexdigest()
+            digest, request = self._digest, self._request
+            if digest is None:
+                return
+            if self._method != GET:  # a HEAD by tag: a resolution, maybe half of a tag pull
+                if not request.by_digest:
+                    self._recorder.add_attribution_event(
+                        Resolution(
+                            self._client(),
+                            request.repository,
+                            request.reference,
+                            digest,
+                            time.time(),
+                        )
+                    )
+            elif request.by_digest:
                 # A plain digest pull, unless this client just resolved a tag
                 # to this digest with a HEAD (containerd): the store pairs them.
                 event = DigestFetch(self._client(), request.repository, digest, time.time())
                 self._recorder.add_attribution_event(event)
             else:
                 self._recorder.add_tag_pull(request.repository, request.reference, digest)
-        elif not request.by_digest:
-            self._recorder.add_attribution_event(
-                Resolution(
-                    self._client(), request.repository, request.reference, digest, time.time()
-                )
-            )
+        except Exception:
+            self.abandon("record a pull")

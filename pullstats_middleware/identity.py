@@ -2,13 +2,12 @@
 
 See docs/design.md, "Attribution".
 
-Remote address (after trusted proxies), credentials and user agent, hashed so
-that no credential is ever written to the store.
+Remote address (after trusted proxies), credentials and user agent. Computed
+on the request side, only for the exchanges attribution needs.
 """
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 from collections.abc import Sequence
 
@@ -40,10 +39,5 @@ def _trusted(address: str, trusted: Sequence[IPNetwork]) -> bool:
 
 
 def client_identity(address: str, authorization: str | None, user_agent: str | None) -> str:
-    """A hash of who is asking: what the store keeps, so no credential is ever written.
-
-    Computed only for the exchanges attribution needs (a HEAD by tag, a GET by
-    digest), when the exchange completes; about a microsecond.
-    """
-    raw = f"{address}\n{authorization or ''}\n{user_agent or ''}"
-    return hashlib.blake2b(raw.encode(), digest_size=12).hexdigest()
+    """Who is asking, held in process memory only: the Redis store writes a hash of it."""
+    return f"{address}\n{authorization or ''}\n{user_agent or ''}"

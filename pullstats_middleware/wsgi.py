@@ -7,20 +7,16 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from pullstats_middleware.adapter import Adapter
-from pullstats_middleware.config import PullStatsConfig
 from pullstats_middleware.exchange import ManifestExchange
 from pullstats_middleware.identity import client_address, client_identity
-from pullstats_middleware.metrics import PullMetrics
 from pullstats_middleware.routes import (
-    ROUTES,
     Probe,
     ProbeAnswer,
     Request,
-    Route,
     RouteCall,
     Router,
 )
@@ -37,29 +33,17 @@ _PROBE_HEADERS = ("HTTP_AUTHORIZATION", "HTTP_COOKIE", "HTTP_HOST")
 class PullStatsMiddleware(Adapter):
     """Wraps a WSGI registry app: counts manifest pulls, serves the statistics routes."""
 
-    def __init__(
-        self,
-        app: WSGIApplication,
-        config: PullStatsConfig | None = None,
-        *,
-        metrics: PullMetrics | None = None,
-        routes: Sequence[Route] = ROUTES,
-    ) -> None:
-        self.app = app
-        super().__init__(config, metrics, routes)
+    __slots__ = ()
+    app: WSGIApplication
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        router = self.router
-        if router is None:
+        method, path = environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", "")
+        target = self.target(method, path)
+        if target is None:
             return self.app(environ, start_response)
-        path = environ.get("PATH_INFO", "")
-        if router.claims(path):
-            return self._statistics(router, path, environ, start_response)
-        exchange = self.manifest_exchange(
-            environ.get("REQUEST_METHOD", ""), path, lambda: self._client(environ)
-        )
-        if exchange is None:
-            return self.app(environ, start_response)
+        if isinstance(target, Router):
+            return self._statistics(target, path, environ, start_response)
+        exchange = self.exchange(target, method, lambda: self._client(environ))
 
         def watching_start_response(
             status: str, headers: list[tuple[str, str]], exc_info: Any = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from typing import Any
 
 import pytest
 
@@ -140,3 +141,46 @@ def test_config_is_immutable() -> None:
     config = PullStatsConfig()
     with pytest.raises(AttributeError):
         config.enabled = True  # type: ignore[misc]
+
+
+def test_every_key_has_help_text_with_its_field() -> None:
+    """`--help` and the README read these; a new field without help fails here."""
+    from dataclasses import fields
+
+    from pullstats_middleware.config import KEYS
+
+    for f in fields(PullStatsConfig):
+        assert f.metadata.get("key", "").isupper(), f.name
+        assert len(f.metadata.get("help", "")) > 10, f"{f.name} has no help text"
+        assert KEYS[f.metadata["key"]] == f.metadata["help"]
+    assert "USER_EVENTS_REDIS" in KEYS
+
+
+def test_from_file_precedence(tmp_path: Any) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "FEATURE_IMAGE_PULL_STATS: true\nPULL_METRICS_FLUSH_INTERVAL: 2\nOTHER_KEY: ignored\n"
+    )
+    assert PullStatsConfig.from_file(path).flush_interval == 2.0
+    env = {"PULL_METRICS_FLUSH_INTERVAL": "3"}
+    assert PullStatsConfig.from_file(path, environ=env).flush_interval == 3.0
+    assert PullStatsConfig.from_file(path, environ=env, flush_interval=4).flush_interval == 4.0
+    assert PullStatsConfig.from_file(None, defaults={"PULL_METRICS_AUTH": "none"}).auth == "none"
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"FEATURE_IMAGE_PULL_STATS: [", "is not valid YAML"),
+        (b"- a list\n", "must hold a mapping"),
+        (b"PULL_METRICS_AUTH: caf\xe9\n", "is not UTF-8 text"),
+        (b"PULL_METRICS_FLUSH_INTERVAL: soon\n", "PULL_METRICS_FLUSH_INTERVAL"),
+    ],
+)
+def test_from_file_errors_name_the_problem(tmp_path: Any, content: bytes, message: str) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=message):
+        PullStatsConfig.from_file(path)
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        PullStatsConfig.from_file(tmp_path / "absent.yaml")

@@ -119,6 +119,8 @@ def _run(handler: Handler, context: RouteContext) -> Response:
 
 
 class Router:
+    __slots__ = ("_auth", "_metrics", "_prefix", "_routes", "_urls", "roots")
+
     def __init__(
         self, routes: Sequence[Route], config: PullStatsConfig, metrics: PullMetrics
     ) -> None:
@@ -129,7 +131,8 @@ class Router:
         self._auth = config.auth
         self._metrics = metrics
         # The one test every request pays: a path that starts with none of these is not ours.
-        self.roots = tuple(sorted({self._prefix + route.root for route in routes}))
+        roots = sorted({self._prefix + route.root for route in routes})
+        self.roots: str | tuple[str, ...] = roots[0] if len(roots) == 1 else tuple(roots)
         rules = [Rule(r.rule, endpoint=r.name, methods=list(r.methods)) for r in routes]
         self._urls = Map(
             rules,
@@ -138,9 +141,6 @@ class Router:
             merge_slashes=False,
             redirect_defaults=False,
         ).bind("localhost")
-
-    def claims(self, path: str) -> bool:
-        return path.startswith(self.roots)
 
     def route(self, request: Request) -> Response | RouteCall | None:
         """None: not a statistics route after all; the wrapped app serves it. Never raises."""

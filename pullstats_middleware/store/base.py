@@ -37,7 +37,7 @@ class ManifestDelta(NamedTuple):
 class Resolution(NamedTuple):
     """A HEAD by tag that resolved `tag` to `digest` for one client.
 
-    `client` is the hashed client identity (it never holds a credential).
+    `client` is the raw client identity; the Redis store writes only its hash.
     """
 
     client: str

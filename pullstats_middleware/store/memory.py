@@ -53,7 +53,7 @@ class MemoryStore:
                 self._manifests[(m.repository, m.digest)] = ManifestRecord(
                     old.pull_count + m.pulls, date
                 )
-            for event in batch.resolutions:
+            for event in batch.attribution_events:
                 key = (event.client, event.repository, event.digest)
                 if isinstance(event, DigestFetch):
                     found = self._resolutions.get(key)

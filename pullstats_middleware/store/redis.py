@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
@@ -65,7 +66,7 @@ class RedisStore:
             keys.append(self.manifest_key(m.repository, m.digest))
             args += (m.pulls, m.date)
         for e in batch.attribution_events:
-            tail = f"{e.client}/{e.repository}/{e.digest}"
+            tail = f"{client_key(e.client)}/{e.repository}/{e.digest}"
             keys += (f"{p}/resolution/{tail}", f"{p}/unclaimed/{tail}")
             if isinstance(e, DigestFetch):
                 args += ("g", repr(e.ts), iso_date(e.ts), e.repository, "", e.digest)
@@ -96,6 +97,12 @@ class RedisStore:
 
     def close(self) -> None:
         self.client.close()
+
+
+def client_key(identity: str) -> str:
+    """The client identity as it appears in a key: hashed, so no credential is written.
+    Hashed here, on the recorder thread, never on the request path."""
+    return hashlib.blake2b(identity.encode(), digest_size=12).hexdigest()
 
 
 def _text(value: Any) -> str:
