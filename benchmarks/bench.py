@@ -1,4 +1,4 @@
-"""Performance figures of DESIGN §8, measured side by side in one run.
+"""The figures of docs/design.md, "Performance targets", measured side by side in one run.
 
     python benchmarks/bench.py [--redis-url redis://127.0.0.1:6379/0] [--quick]
 

@@ -1,4 +1,5 @@
-"""DESIGN §2, the containerd row, across processes sharing one real redis-server.
+"""docs/design.md, "Attribution": the containerd row, across processes sharing one
+real redis-server.
 
 Two middlewares with their own recorders stand for two processes (or hosts):
 the HEAD lands on one, the GET on the other, and either may flush first.

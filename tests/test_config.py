@@ -1,4 +1,4 @@
-"""DESIGN §4: one validated config; every bad value names its key."""
+"""docs/design.md, "Configuration": one validated config; every bad value names its key."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DESIGN §3: the OCI name grammar and the manifest-path matcher."""
+"""docs/design.md, "Names": the OCI name grammar and the manifest-path matcher."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DESIGN §2: what counts as a pull, through both adapters (the `client` fixture)."""
+"""docs/design.md, "What counts as a pull": through both adapters (the `client` fixture)."""
 
 from __future__ import annotations
 

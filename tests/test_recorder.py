@@ -1,4 +1,5 @@
-"""DESIGN §7 against a real redis-server: exact counts, faults, re-sends, bounds, fork, close."""
+"""docs/design.md, "Reliability", against a real redis-server: exact counts, faults,
+re-sends, bounds, fork, close."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DESIGN §6: the statistics routes, through both adapters."""
+"""docs/design.md, "HTTP routes": the statistics routes, through both adapters."""
 
 from __future__ import annotations
 
