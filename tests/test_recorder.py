@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import selectors
 import socket
 import threading
 from collections.abc import Iterator
@@ -86,8 +87,12 @@ def test_redis_stopped_and_restarted_mid_run_loses_nothing(server: RedisServer) 
 
 
 class ReplyDropper:
-    """A TCP relay to Redis that swallows the reply to the first EVALSHA and hangs up,
-    which is exactly when redis-py re-sends a command on its own."""
+    """A TCP relay to Redis that swallows the reply to the first `command` and hangs up,
+    which is exactly when redis-py re-sends a command on its own.
+
+    One thread per connection moves bytes both ways with a selector, so the reply
+    cannot slip through on another thread: `dropped` counts replies really lost.
+    """
 
     def __init__(self, port: int, command: bytes) -> None:
         self.target = port
@@ -105,25 +110,27 @@ class ReplyDropper:
                 return
             upstream = socket.create_connection(("127.0.0.1", self.target))
             threading.Thread(target=self._relay, args=(downstream, upstream), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, downstream), daemon=True).start()
 
     def _relay(self, downstream: socket.socket, upstream: socket.socket) -> None:
-        while data := downstream.recv(65536):
-            upstream.sendall(data)
-            if self.command in data.upper() and not self.dropped:
-                self.dropped += 1
-                upstream.recv(65536)  # the command ran; its reply is lost
-                downstream.close()
-                upstream.close()
-                return
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
+        swallow = False  # the command went upstream: its reply is the next upstream data
+        with selectors.DefaultSelector() as selector, downstream, upstream:
+            selector.register(downstream, selectors.EVENT_READ, upstream)
+            selector.register(upstream, selectors.EVENT_READ, downstream)
+            while True:
+                for key, _ in selector.select():
+                    src: socket.socket = key.fileobj  # type: ignore[assignment]
+                    try:
+                        data = src.recv(65536)
+                    except OSError:
+                        return
+                    if not data:
+                        return
+                    if src is upstream and swallow:
+                        self.dropped += 1  # the command ran; its reply is lost
+                        return
+                    key.data.sendall(data)
+                    if src is downstream and not self.dropped and self.command in data.upper():
+                        swallow = True
 
     def close(self) -> None:
         self.listener.close()
