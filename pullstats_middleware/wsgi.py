@@ -118,15 +118,15 @@ class PullStatsMiddleware(Adapter):
 
 
 class _WatchedBody:
-    """The app's response body, passed through; the pull is recorded on close()
-    only if the server took every chunk (a client that hung up never finishes)."""
+    """The app's response body, passed through. The pull is recorded when the server
+    asks for more after the last chunk: every chunk was taken. A client that hung up
+    stops the iteration first, so it is never counted; close() never counts."""
 
-    __slots__ = ("_body", "_complete", "_exchange")
+    __slots__ = ("_body", "_exchange")
 
     def __init__(self, body: Iterable[bytes], exchange: ManifestExchange) -> None:
         self._body = body
         self._exchange = exchange
-        self._complete = False
 
     def __iter__(self) -> Iterator[bytes]:
         exchange = self._exchange
@@ -134,13 +134,9 @@ class _WatchedBody:
             if exchange.hashing:
                 exchange.body(chunk)
             yield chunk
-        self._complete = True
+        exchange.finish()
 
     def close(self) -> None:
-        try:
-            close = getattr(self._body, "close", None)
-            if close is not None:
-                close()
-        finally:
-            if self._complete:
-                self._exchange.finish()
+        close = getattr(self._body, "close", None)
+        if close is not None:
+            close()

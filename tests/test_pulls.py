@@ -165,3 +165,39 @@ def test_non_manifest_requests_pass_through_untouched(
     assert client.get("/v2/_catalog").json()["repositories"]
     client.flush()
     assert len(metrics.recorder) == 0
+
+
+def test_wsgi_counts_when_the_body_is_read_to_the_end_without_close(
+    registry: MemoryRegistry, metrics: PullMetrics
+) -> None:
+    """werkzeug's and Flask's test clients read the body and never call close()."""
+    from flask import Flask
+    from werkzeug.test import Client
+
+    from pullstats_middleware import PullStatsMiddleware
+    from tests.apps import wsgi_app
+
+    plain = Client(PullStatsMiddleware(wsgi_app(registry), metrics=metrics))
+    response = plain.get(HELLO)
+    assert response.status_code == 200 and response.data
+    flask = Flask(__name__)
+    flask.wsgi_app = PullStatsMiddleware(wsgi_app(registry), metrics=metrics)  # type: ignore[method-assign]
+    assert flask.test_client().get(HELLO).data
+    assert metrics.flush(10)
+    assert tag_stats(metrics, "library/hello", "v1")["tag_pull_count"] == 2
+
+
+def test_wsgi_close_after_the_end_does_not_count_twice(
+    registry: MemoryRegistry, metrics: PullMetrics
+) -> None:
+    from pullstats_middleware import PullStatsMiddleware
+    from tests.apps import wsgi_app
+
+    middleware = PullStatsMiddleware(wsgi_app(registry), metrics=metrics)
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": HELLO, "REMOTE_ADDR": "10.0.0.1"}
+    body = middleware(environ, lambda status, headers, exc_info=None: None)
+    assert b"".join(body)
+    body.close()  # type: ignore[attr-defined]
+    body.close()  # type: ignore[attr-defined]
+    assert metrics.flush(10)
+    assert tag_stats(metrics, "library/hello", "v1")["tag_pull_count"] == 1
