@@ -43,6 +43,7 @@ class PullMetrics:
             max_keys=config.buffer_max_keys,
             batch_max_keys=config.batch_max_keys,
             window=config.resolution_window,
+            clock_skew=config.clock_skew,
         )
         self._closed = False
         self._valid: set[tuple[str, str, str]] = set()
@@ -105,11 +106,13 @@ class PullMetrics:
         }
 
     def health(self) -> dict[str, int]:
-        """Counters to export to monitoring: pulls dropped at the buffer cap, keys the
-        store refused (foreign data), keys buffered, batches waiting for the store."""
+        """Counters to export to monitoring: pulls dropped at the buffer cap, HEAD/GET
+        pairing events dropped there (not pulls), keys the store refused (foreign
+        data), keys buffered, batches waiting for the store."""
         recorder = self.recorder
         return {
             "dropped_pulls": recorder.dropped,
+            "dropped_attribution_events": recorder.dropped_events,
             "skipped_keys": recorder.skipped_keys,
             "buffered_keys": len(recorder),
             "pending_batches": recorder.pending_batches,

@@ -14,6 +14,7 @@ import os
 import threading
 import time
 import traceback
+import uuid
 import weakref
 from collections import deque
 from typing import Any
@@ -36,13 +37,16 @@ class Recorder:
         max_keys: int = 100_000,
         batch_max_keys: int = 1_000,
         window: float = 30.0,
+        clock_skew: float = 1.0,
     ) -> None:
         self.store = store
         self.flush_interval = flush_interval
         self.max_keys = max_keys
         self.batch_max_keys = batch_max_keys
         self.window = window
+        self.clock_skew = clock_skew
         self.dropped = 0  # pulls refused because the buffer was full
+        self.dropped_events = 0  # attribution events refused because the buffer was full
         self.skipped_keys = 0  # keys the store refused (foreign data in them)
         self._last_warning: dict[str, float] = {}
         self._reset()
@@ -52,7 +56,13 @@ class Recorder:
         self._lock = threading.Lock()
         self._tags: dict[tuple[str, str], list[Any]] = {}  # -> [count, ts, digest]
         self._manifests: dict[tuple[str, str], list[float]] = {}  # -> [count, ts]
-        self._events: list[Resolution | DigestFetch] = []
+        # Attribution events per (client, repository, digest), in order; a run of
+        # repeats is folded (see _fold), so a busy key holds a few events, not one each.
+        self._events: dict[tuple[str, str, str], list[Resolution | DigestFetch]] = {}
+        self._event_count = 0
+        # Which process recorded an event: within one process the order of a HEAD
+        # and a GET is known exactly, so the store allows clock skew only between two.
+        self._origin = uuid.uuid4().hex[:16]
         self._pending: deque[Batch] = deque()
         self._pending_keys = 0  # len() of all pending batches, read by _full()
         self._wake = threading.Event()  # flush now
@@ -108,11 +118,26 @@ class Recorder:
             self._start()
 
     def add_attribution_event(self, event: Resolution | DigestFetch) -> None:
+        key = (event.client, event.repository, event.digest)
         with self._lock:
-            if self._full():
-                self._drop()
-                return
-            self._events.append(event)
+            run = self._events.get(key)
+            if run is not None and _fold(run, event):
+                pass
+            elif self._full():
+                self.dropped_events += 1
+                self._warn(
+                    "events",
+                    "pull statistics buffer is full (%d keys); HEAD/GET pairing events are "
+                    "dropped (%d so far): some containerd tag pulls count as digest pulls",
+                    self.max_keys,
+                    self.dropped_events,
+                )
+            else:
+                self._event_count += 1
+                if run is None:
+                    self._events[key] = [event]
+                else:
+                    run.append(event)
         if isinstance(event, DigestFetch):
             # The fetched manifest counts whatever the pairing decides.
             self.add_manifest_pull(event.repository, event.digest, event.ts)
@@ -121,7 +146,7 @@ class Recorder:
 
     def _full(self) -> bool:
         # Batches waiting for the store count too: memory stays under one cap.
-        held = len(self._tags) + len(self._manifests) + len(self._events) + self._pending_keys
+        held = len(self._tags) + len(self._manifests) + self._event_count + self._pending_keys
         return held >= self.max_keys
 
     def _drop(self) -> None:
@@ -176,9 +201,10 @@ class Recorder:
         with self._lock:
             tags, self._tags = self._tags, {}
             manifests, self._manifests = self._manifests, {}
-            events, self._events = self._events, []
+            runs, self._events, self._event_count = self._events, {}, 0
+        events = [event for run in runs.values() for event in run]
         # Cut into batches outside the lock; dates are formatted there, not per pull.
-        batches = cut_batches(tags, manifests, events, self.batch_max_keys)
+        batches = cut_batches(tags, manifests, events, self.batch_max_keys, self._origin)
         self._pending.extend(batches)
         with self._lock:
             self._pending_keys += sum(len(batch) for batch in batches)
@@ -188,7 +214,7 @@ class Recorder:
         while self._pending:
             batch = self._pending[0]
             try:
-                skipped = self.store.apply(batch, window=self.window)
+                skipped = self.store.apply(batch, window=self.window, skew=self.clock_skew)
             except Exception as exc:  # any store failure: keep the batch, retry
                 self._warn(
                     "store",
@@ -257,7 +283,7 @@ class Recorder:
 
     def __len__(self) -> int:
         """Distinct keys buffered (not counting batches waiting for the store)."""
-        return len(self._tags) + len(self._manifests) + len(self._events)
+        return len(self._tags) + len(self._manifests) + self._event_count
 
     @property
     def pending_batches(self) -> int:
@@ -267,6 +293,26 @@ class Recorder:
         # The parent keeps and writes its own counts; the child starts empty,
         # with fresh locks (another thread may have held them at fork time).
         self._reset()
+
+
+def _fold(run: list[Resolution | DigestFetch], event: Resolution | DigestFetch) -> bool:
+    """Fold `event` into the run of events of its key when the store would end in the
+    same state with or without it; True when folded (it takes no buffer slot).
+
+    The store pairs a GET with a waiting HEAD, else keeps the *first* unpaired GET;
+    it keeps the *last* HEAD. So in a run of repeats, a third GET changes nothing,
+    and a HEAD that follows two HEADs of the same tag can take the second's place.
+    """
+    if len(run) < 2:
+        return False
+    last, before = run[-1], run[-2]
+    if isinstance(event, DigestFetch):
+        return isinstance(last, DigestFetch) and isinstance(before, DigestFetch)
+    repeated = isinstance(last, Resolution) and isinstance(before, Resolution)
+    if repeated and last.tag == event.tag == before.tag:  # type: ignore[union-attr]
+        run[-1] = event
+        return True
+    return False
 
 
 _now = time.time

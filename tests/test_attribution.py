@@ -115,3 +115,32 @@ def test_client_address_walks_back_through_trusted_hops() -> None:
     assert client_address("192.0.2.50", "192.0.2.9", nets) == "192.0.2.50"
     assert client_address("10.0.0.1", "192.0.2.9", ()) == "10.0.0.1"
     assert client_address("10.0.0.1", "10.0.0.2", nets) == "10.0.0.2"
+
+
+def test_one_process_a_get_by_digest_then_a_head_of_the_tag_is_no_tag_pull(
+    kind: str, registry: MemoryRegistry, real_redis: redis.Redis, redis_server: RedisServer
+) -> None:
+    """`docker pull @digest`, then an "is my tag up to date?" HEAD, both through one
+    process: it knows the GET came first, so no clock-skew leeway pairs them."""
+    a = process(kind, registry, redis_server.url)
+    digest = registry.repositories["library/hello"].tags["v1"]
+    assert a.get(f"/v2/library/hello/manifests/{digest}").status == 200
+    assert a.head(HELLO).status == 200
+    a.flush()
+    assert a.metrics is not None
+    assert a.metrics.get_tag_statistics("library/hello", "v1")["tag_pull_count"] == 0
+    assert a.metrics.get_manifest_statistics("library/hello", digest)["manifest_pull_count"] == 1
+
+
+def test_two_processes_pair_a_get_recorded_just_before_its_head(
+    pair: tuple[Driver, Driver], registry: MemoryRegistry
+) -> None:
+    """Across processes (or hosts) clocks disagree: a GET stamped up to
+    PULL_METRICS_CLOCK_SKEW before its HEAD still pairs."""
+    a, b = pair
+    digest = registry.repositories["library/hello"].tags["v1"]
+    assert b.get(f"/v2/library/hello/manifests/{digest}").status == 200
+    assert a.head(HELLO).status == 200  # a few ms after the GET, on another process
+    b.flush()
+    a.flush()
+    assert tag_count(a) == (1, 1)

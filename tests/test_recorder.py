@@ -179,10 +179,39 @@ def test_full_buffer_drops_new_keys_and_counts_them(server: RedisServer) -> None
     assert stored[0] == 10
     assert metrics.health() == {
         "dropped_pulls": 50,
+        "dropped_attribution_events": 0,
         "skipped_keys": 0,
         "buffered_keys": 0,
         "pending_batches": 0,
     }
+    metrics.close()
+
+
+def test_attribution_events_coalesce_and_known_keys_count_at_the_cap(server: RedisServer) -> None:
+    """100 GETs of one known digest and 150 HEADs of one tag while Redis is down, at a
+    100-key cap: nothing is dropped, and HEADs are never counted as dropped pulls."""
+    from pullstats_middleware.store import DigestFetch, Resolution
+
+    metrics = metrics_for(server.url, buffer_max_keys=100, flush_interval=60.0)
+    server.stop()
+    recorder = metrics.recorder
+    metrics.track_manifest_pull("org/app", D)  # the digest is a known key
+    for i in range(95):
+        metrics.track_manifest_pull("org/app", digest(i + 1))
+    for n in range(100):
+        recorder.add_attribution_event(DigestFetch("node-1", "org/app", D, 1000.0 + n))
+    for n in range(150):
+        recorder.add_attribution_event(Resolution("node-2", "org/app", "v1", D, 2000.0 + n))
+    assert len(recorder) == 100  # 96 manifests, 2 GETs and 2 HEADs: the cap, not 346 slots
+    assert metrics.health()["dropped_pulls"] == 0
+    for n in range(10):  # a new client's HEAD at the cap: an event dropped, not a pull
+        recorder.add_attribution_event(Resolution(f"node-{n + 3}", "org/app", "v1", D, 3000.0))
+    assert metrics.health()["dropped_pulls"] == 0
+    assert metrics.health()["dropped_attribution_events"] == 10
+    server.start()
+    assert metrics.flush(30)
+    client = redis.Redis.from_url(server.url)
+    assert count(client, f"pull_metrics/manifest/org/app/{D}") == 101
     metrics.close()
 
 
@@ -263,7 +292,7 @@ def test_failed_attempts_do_not_keep_their_batches_alive() -> None:
     payloads: list[weakref.ref[Payload]] = []
 
     class DownStore(MemoryStore):
-        def apply(self, batch: Batch, *, window: float) -> list[str]:
+        def apply(self, batch: Batch, *, window: float, skew: float) -> list[str]:
             arguments = Payload()  # what a real client builds from the batch
             payloads.append(weakref.ref(arguments))
             try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
+
 from pullstats_middleware.store import (
     Batch,
     DigestFetch,
@@ -20,8 +22,15 @@ D2 = "sha256:" + "2" * 64
 T0 = 1_725_790_500.0  # 2024-09-08T10:15:00Z
 
 
-def apply(store: Store, *items: object, batch_id: str = "", window: float = 30.0) -> list[str]:
-    batch = Batch(batch_id or uuid.uuid4().hex)
+def apply(
+    store: Store,
+    *items: object,
+    batch_id: str = "",
+    window: float = 30.0,
+    skew: float = 1.0,
+    origin: str = "process-1",
+) -> list[str]:
+    batch = Batch(batch_id or uuid.uuid4().hex, origin)
     for item in items:
         if isinstance(item, TagDelta):
             batch.tags.append(item)
@@ -29,7 +38,7 @@ def apply(store: Store, *items: object, batch_id: str = "", window: float = 30.0
             batch.manifests.append(item)
         else:
             batch.attribution_events.append(item)  # type: ignore[arg-type]
-    return store.apply(batch, window=window)
+    return store.apply(batch, window=window, skew=skew)
 
 
 def test_iso_date_is_the_seed_format() -> None:
@@ -131,3 +140,18 @@ def test_redis_key_schema_is_the_seeds(redis_store: RedisStore) -> None:
     }
     others = [k.decode() for k in client.keys("*") if b"/tag/" not in k and b"/manifest/" not in k]
     assert all(k.startswith("pull_metrics/batch/") for k in others)
+
+
+def test_one_process_knows_the_order_a_get_then_a_head_is_no_pair(store: Store) -> None:
+    """A pull by digest, then an "is my tag up to date?" HEAD: not a tag pull."""
+    apply(store, DigestFetch("c", "r", D1, T0), Resolution("c", "r", "v1", D1, T0 + 0.5))
+    assert store.read_tag("r", "v1").pull_count == 0
+
+
+@pytest.mark.parametrize("gap, pairs", [(0.5, True), (1.5, False)])
+def test_two_processes_pair_a_get_seemingly_before_its_head_within_the_skew(
+    store: Store, gap: float, pairs: bool
+) -> None:
+    apply(store, DigestFetch("c", "r", D1, T0), origin="process-b")
+    apply(store, Resolution("c", "r", "v1", D1, T0 + gap), origin="process-a")
+    assert store.read_tag("r", "v1").pull_count == (1 if pairs else 0)

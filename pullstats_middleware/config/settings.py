@@ -99,6 +99,14 @@ class PullStatsConfig:
             "seconds a HEAD by tag waits for its GET by digest (containerd)",
         ),
     )
+    clock_skew: float = field(
+        default=1.0,
+        metadata=_key(
+            "PULL_METRICS_CLOCK_SKEW",
+            "seconds a GET may seem to precede its HEAD when two processes or hosts recorded "
+            "them (their clocks disagree); within one process the order is exact",
+        ),
+    )
     trusted_proxies: tuple[IPNetwork, ...] = field(
         default=(),
         metadata=_key(
@@ -114,6 +122,7 @@ class PullStatsConfig:
             set_(self, "redis", RedisSettings.parse(key_of("redis"), self.redis))
         for name in ("flush_interval", "shutdown_timeout", "resolution_window"):
             set_(self, name, seconds(key_of(name), getattr(self, name)))
+        set_(self, "clock_skew", seconds(key_of("clock_skew"), self.clock_skew, zero=True))
         for name in ("buffer_max_keys", "batch_max_keys", "max_manifest_bytes"):
             set_(self, name, integer(key_of(name), getattr(self, name), minimum=1))
         prefix = self.key_prefix

@@ -36,13 +36,15 @@ def integer(key: str, value: Any, *, minimum: int) -> int:
     return number
 
 
-def seconds(key: str, value: Any) -> float:
+def seconds(key: str, value: Any, *, zero: bool = False) -> float:
+    """A finite number of seconds, > 0 (or >= 0 with `zero`)."""
     try:
         number = float(value) if not isinstance(value, bool) else None
     except (TypeError, ValueError):
         number = None
-    if number is None or not number > 0 or number == float("inf"):
-        raise ConfigError(f"{key} must be a positive number of seconds, got {value!r}")
+    if number is None or not (number >= 0 if zero else number > 0) or number == float("inf"):
+        kind = "a number of seconds >= 0" if zero else "a positive number of seconds"
+        raise ConfigError(f"{key} must be {kind}, got {value!r}")
     return number
 
 

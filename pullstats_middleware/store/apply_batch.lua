@@ -13,6 +13,11 @@
 --                                         ARGV: kind ('h'|'g'), ts, date, repo, tag, digest
 -- ARGV[1..6]            marker ttl, nt, nm, ne, window, clock skew
 -- ARGV[7]               key prefix (to name the tag hash an event bumps)
+-- ARGV[8]               origin: the process that recorded the batch
+--
+-- A resolution holds "ts origin tag", an unclaimed GET "ts origin date". A GET
+-- may seem to precede its HEAD by up to the clock skew only when two processes
+-- recorded them; one process knows their order exactly.
 
 local marker = KEYS[1]
 if redis.call('EXISTS', marker) == 1 then
@@ -21,7 +26,7 @@ end
 redis.call('SET', marker, '1', 'EX', ARGV[1])
 
 local nt, nm, ne = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local window, skew, prefix = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+local window, skew, prefix, origin = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], ARGV[8]
 local skipped = {}
 
 -- Returns the current count, or nil (and records the key) when the key holds
@@ -59,11 +64,22 @@ local function bump(key, n, date, digest)
   end
 end
 
-local function pairs_with(head_ts, get_ts)
-  return head_ts - skew <= get_ts and get_ts <= head_ts + window
+-- "ts origin rest" -> ts, the allowed skew against this batch's origin, rest
+local function parse(value)
+  if not value then return nil end
+  local s1 = string.find(value, ' ', 1, true)
+  local s2 = s1 and string.find(value, ' ', s1 + 1, true)
+  if not s2 then return nil end
+  local allowed = skew
+  if string.sub(value, s1 + 1, s2 - 1) == origin then allowed = 0 end
+  return tonumber(string.sub(value, 1, s1 - 1)), allowed, string.sub(value, s2 + 1)
 end
 
-local a = 8
+local function pairs_with(head_ts, get_ts, allowed)
+  return head_ts and get_ts and head_ts - allowed <= get_ts and get_ts <= head_ts + window
+end
+
+local a = 9
 local k = 2
 for _ = 1, nt do
   bump(KEYS[k], tonumber(ARGV[a]), ARGV[a + 1], ARGV[a + 2])
@@ -81,22 +97,20 @@ for _ = 1, ne do
   local kind, ts, date = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2]
   local repo, tag, digest = ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
   if kind == 'g' then
-    local found = redis.call('GET', rkey)
-    local sep = found and string.find(found, ' ', 1, true)
-    if sep and pairs_with(tonumber(string.sub(found, 1, sep - 1)), ts) then
+    local head_ts, allowed, head_tag = parse(redis.call('GET', rkey))
+    if pairs_with(head_ts, ts, allowed) then
       redis.call('DEL', rkey)
-      bump(prefix .. '/tag/' .. repo .. '/' .. string.sub(found, sep + 1), 1, date, digest)
+      bump(prefix .. '/tag/' .. repo .. '/' .. head_tag, 1, date, digest)
     else
-      redis.call('SET', ukey, ARGV[a + 1] .. ' ' .. date, 'EX', ttl, 'NX')
+      redis.call('SET', ukey, ARGV[a + 1] .. ' ' .. origin .. ' ' .. date, 'EX', ttl, 'NX')
     end
   else
-    local claimed = redis.call('GET', ukey)
-    local sep = claimed and string.find(claimed, ' ', 1, true)
-    if sep and pairs_with(ts, tonumber(string.sub(claimed, 1, sep - 1))) then
+    local get_ts, allowed, get_date = parse(redis.call('GET', ukey))
+    if pairs_with(ts, get_ts, allowed) then
       redis.call('DEL', ukey)
-      bump(prefix .. '/tag/' .. repo .. '/' .. tag, 1, string.sub(claimed, sep + 1), digest)
+      bump(prefix .. '/tag/' .. repo .. '/' .. tag, 1, get_date, digest)
     else
-      redis.call('SET', rkey, ARGV[a + 1] .. ' ' .. tag, 'EX', ttl)
+      redis.call('SET', rkey, ARGV[a + 1] .. ' ' .. origin .. ' ' .. tag, 'EX', ttl)
     end
   end
   k, a = k + 2, a + 6

@@ -59,6 +59,7 @@ class DigestFetch(NamedTuple):
 @dataclass(slots=True)
 class Batch:
     id: str
+    origin: str = ""  # the recording process (pairing allows clock skew only between two)
     tags: list[TagDelta] = field(default_factory=list)
     manifests: list[ManifestDelta] = field(default_factory=list)
     # The two kinds of attribution event, in the order they happened in one process.
@@ -73,14 +74,15 @@ def cut_batches(
     manifests: dict[tuple[str, str], list[float]],
     events: list[Resolution | DigestFetch],
     size: int,
+    origin: str = "",
 ) -> list[Batch]:
     """The recorder's buffer (`[count, ts, digest]` per tag, `[count, ts]` per
     manifest), cut into batches of at most `size` keys, each with a new id."""
-    batches = [Batch(uuid.uuid4().hex)]
+    batches = [Batch(uuid.uuid4().hex, origin)]
 
     def room() -> Batch:
         if len(batches[-1]) >= size:
-            batches.append(Batch(uuid.uuid4().hex))
+            batches.append(Batch(uuid.uuid4().hex, origin))
         return batches[-1]
 
     for (repo, tag), (count, ts, digest) in tags.items():
@@ -116,8 +118,11 @@ class StoreUnavailable(RuntimeError):
 
 
 class Store(Protocol):
-    def apply(self, batch: Batch, *, window: float) -> list[str]:
-        """Apply `batch` once; return the keys skipped because they hold foreign data."""
+    def apply(self, batch: Batch, *, window: float, skew: float) -> list[str]:
+        """Apply `batch` once; return the keys skipped because they hold foreign data.
+
+        A GET pairs with a HEAD by the same client within `window` seconds after it;
+        recorded by different processes, also up to `skew` seconds before it."""
         ...
 
     def read_tag(self, repository: str, tag: str) -> TagRecord: ...

@@ -19,7 +19,7 @@ from pullstats_middleware.store.base import (
     TagRecord,
     iso_date,
 )
-from pullstats_middleware.store.pairing import CLOCK_SKEW, pairs
+from pullstats_middleware.store.pairing import pairs
 
 _Key = tuple[str, str, str]
 
@@ -31,15 +31,17 @@ class MemoryStore:
         self._manifests: dict[tuple[str, str], ManifestRecord] = {}
         self._applied: dict[str, float] = {}  # batch id -> expiry
         # Both expire window + skew after they were written, like Redis EX.
-        self._resolutions: dict[_Key, tuple[float, str, float]] = {}  # HEAD ts, tag, expiry
-        self._unclaimed: dict[_Key, tuple[float, str, float]] = {}  # GET ts, date, expiry
+        # HEAD ts, origin, tag, expiry / GET ts, origin, date, expiry
+        self._resolutions: dict[_Key, tuple[float, str, str, float]] = {}
+        self._unclaimed: dict[_Key, tuple[float, str, str, float]] = {}
         self._batch_ttl = batch_ttl
 
-    def apply(self, batch: Batch, *, window: float) -> list[str]:
+    def apply(self, batch: Batch, *, window: float, skew: float) -> list[str]:
         now = time.time()
+        origin = batch.origin
         with self._lock:
             self._expire(now)
-            expiry = now + window + CLOCK_SKEW
+            expiry = now + window + skew
             if batch.id in self._applied:
                 return []
             self._applied[batch.id] = now + self._batch_ttl
@@ -57,20 +59,23 @@ class MemoryStore:
                 key = (event.client, event.repository, event.digest)
                 if isinstance(event, DigestFetch):
                     found = self._resolutions.get(key)
-                    if found is not None and pairs(found[0], event.ts, window):
+                    allowed = 0.0 if found is not None and found[1] == origin else skew
+                    if found is not None and pairs(found[0], event.ts, window, allowed):
                         del self._resolutions[key]
                         self._bump_tag(
-                            event.repository, found[1], 1, iso_date(event.ts), event.digest
+                            event.repository, found[2], 1, iso_date(event.ts), event.digest
                         )
                     else:
-                        self._unclaimed.setdefault(key, (event.ts, iso_date(event.ts), expiry))
+                        unclaimed = (event.ts, origin, iso_date(event.ts), expiry)
+                        self._unclaimed.setdefault(key, unclaimed)
                 else:
                     claimed = self._unclaimed.get(key)
-                    if claimed is not None and pairs(event.ts, claimed[0], window):
+                    allowed = 0.0 if claimed is not None and claimed[1] == origin else skew
+                    if claimed is not None and pairs(event.ts, claimed[0], window, allowed):
                         del self._unclaimed[key]
-                        self._bump_tag(event.repository, event.tag, 1, claimed[1], event.digest)
+                        self._bump_tag(event.repository, event.tag, 1, claimed[2], event.digest)
                     else:
-                        self._resolutions[key] = (event.ts, event.tag, expiry)
+                        self._resolutions[key] = (event.ts, origin, event.tag, expiry)
         return []
 
     def _bump_tag(self, repository: str, tag: str, count: int, date: str, digest: str) -> None:
@@ -84,7 +89,7 @@ class MemoryStore:
     def _expire(self, now: float) -> None:
         # Cheap enough at batch rate; Redis does the same with EX.
         for table in (self._resolutions, self._unclaimed):
-            for key in [k for k, entry in table.items() if entry[2] < now]:
+            for key in [k for k, entry in table.items() if entry[3] < now]:
                 del table[key]
         for batch_id in [b for b, expiry in self._applied.items() if expiry < now]:
             del self._applied[batch_id]

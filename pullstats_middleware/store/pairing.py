@@ -1,15 +1,15 @@
 """The one rule that turns containerd's HEAD-by-tag + GET-by-digest into a tag pull.
 
-Shared by the memory store and (as constants handed to Lua) the Redis store.
+Shared by the memory store; `apply_batch.lua` states the same rule for Redis.
 """
 
 from __future__ import annotations
 
-# Processes on different hosts disagree a little about the time; a GET that
-# appears to precede its HEAD by less than this still pairs with it.
-CLOCK_SKEW = 2.0
 
+def pairs(head_ts: float, get_ts: float, window: float, skew: float) -> bool:
+    """True when a GET at `get_ts` follows a HEAD at `head_ts` within `window` seconds.
 
-def pairs(head_ts: float, get_ts: float, window: float) -> bool:
-    """True when a GET at `get_ts` follows a HEAD at `head_ts` within `window` seconds."""
-    return head_ts - CLOCK_SKEW <= get_ts <= head_ts + window
+    `skew`: how far the GET may seem to precede the HEAD. Zero when one process
+    recorded both (it knows their order); the configured clock skew between two.
+    """
+    return head_ts - skew <= get_ts <= head_ts + window

@@ -17,7 +17,6 @@ from pullstats_middleware.store.base import (
     TagRecord,
     iso_date,
 )
-from pullstats_middleware.store.pairing import CLOCK_SKEW
 
 if TYPE_CHECKING:
     import redis
@@ -47,7 +46,7 @@ class RedisStore:
     def manifest_key(self, repository: str, digest: str) -> str:
         return f"{self.prefix}/manifest/{repository}/{digest}"
 
-    def apply(self, batch: Batch, *, window: float) -> list[str]:
+    def apply(self, batch: Batch, *, window: float, skew: float) -> list[str]:
         p = self.prefix
         keys = [f"{p}/batch/{batch.id}"]
         args: list[Any] = [
@@ -56,8 +55,9 @@ class RedisStore:
             len(batch.manifests),
             len(batch.attribution_events),
             window,
-            CLOCK_SKEW,
+            skew,
             p,
+            batch.origin or "-",
         ]
         for t in batch.tags:
             keys.append(self.tag_key(t.repository, t.tag))
