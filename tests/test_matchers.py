@@ -65,8 +65,7 @@ def test_invalid_tags(tag: str) -> None:
     [
         SHA256,
         SHA512,
-        "sha384+b64:abc=",
-        "multihash+base58:QmRZxt2b1FVZPNqd8hsiykDL3TdBDeTSPX9Kv46HmX4Gx8",
+        "blake3:" + "c" * 64,
     ],
 )
 def test_valid_digests(digest: str) -> None:
@@ -85,6 +84,12 @@ def test_valid_digests(digest: str) -> None:
         ":abc",
         "sha256:",
         "sha256:abc def",
+        # the grammar allows these; no registry serves them, and each would be a
+        # Redis key of whatever length the client chose
+        "sha384+b64:abc=",
+        "multihash+base58:QmRZxt2b1FVZPNqd8hsiykDL3TdBDeTSPX9Kv46HmX4Gx8",
+        "md5:0123456789abcdef0123456789abcdef",
+        "foo:" + "A" * 10_000,
     ],
 )
 def test_invalid_digests(digest: str) -> None:
@@ -120,3 +125,16 @@ def test_configured_path_prefix() -> None:
     )
     assert matcher.match_manifest("/v2/a/manifests/v1") is None
     assert matcher.match_manifest("/other/v2/a/manifests/v1") is None
+
+
+def test_only_valid_paths_are_cached_and_the_cache_is_bounded() -> None:
+    """Hostile 64 KB paths must not pin memory: non-matches are never cached."""
+    matcher = OCIMatcher(cache_size=4)
+    for n in range(100):
+        assert matcher.match_manifest(f"/v2/{'x' * 60_000}{n}/manifests/v1") is None
+        assert matcher.match_manifest(f"/v2/a/manifests/md5:{n:032x}") is None
+    assert len(matcher._cache) == 0
+    for n in range(10):
+        assert matcher.match_manifest(f"/v2/a/manifests/v{n}") is not None
+    assert 0 < len(matcher._cache) <= 4
+    assert matcher.match_manifest("/v2/a/manifests/v9") == ManifestRequest("a", "v9", False)

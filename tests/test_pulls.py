@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 from pullstats_middleware import PullMetrics
 from pullstats_middleware.demo_registry import MemoryRegistry
@@ -201,3 +202,32 @@ def test_wsgi_close_after_the_end_does_not_count_twice(
     body.close()  # type: ignore[attr-defined]
     assert metrics.flush(10)
     assert tag_stats(metrics, "library/hello", "v1")["tag_pull_count"] == 1
+
+
+def test_a_bogus_digest_header_is_ignored_and_the_body_hashed(
+    kind: str, metrics: PullMetrics
+) -> None:
+    """An upstream's 10 KB `foo:AAAA...` header never becomes a key."""
+    body = b'{"schemaVersion": 2}'
+
+    def wsgi(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Docker-Content-Digest", "foo:" + "A" * 10_000)])
+        return [body]
+
+    async def asgi(scope: Any, receive: Any, send: Any) -> None:
+        headers = [(b"docker-content-digest", b"foo:" + b"A" * 10_000)]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    from pullstats_middleware import PullStatsASGIMiddleware, PullStatsMiddleware
+
+    middleware: Any = (
+        PullStatsMiddleware(wsgi, metrics=metrics)
+        if kind == "wsgi"
+        else PullStatsASGIMiddleware(asgi, metrics=metrics)
+    )
+    Driver(kind, middleware, metrics).get("/v2/a/b/manifests/v1")
+    assert metrics.flush(10)
+    stats = tag_stats(metrics, "a/b", "v1")
+    assert stats["tag_pull_count"] == 1
+    assert stats["current_manifest_digest"] == "sha256:" + hashlib.sha256(body).hexdigest()

@@ -218,6 +218,25 @@ def test_malformed_stored_value_is_a_precise_500(registry: MemoryRegistry, kind:
     assert "pull_metrics/tag/library/hello/v1" in detail and "'many'" in detail
 
 
+def test_a_key_of_the_wrong_type_is_a_500_naming_it(registry: MemoryRegistry, kind: str) -> None:
+    import fakeredis
+
+    from pullstats_middleware.store import RedisStore
+
+    server = fakeredis.FakeRedis()
+    server.set("pull_metrics/tag/library/hello/v1", "hello")
+    config = PullStatsConfig(enabled=True)
+    driver = make_driver(kind, registry, config, PullMetrics(config, store=RedisStore(server)))
+    detail = assert_error(stats(driver, "library/hello/tag/v1"), 500)["detail"]
+    assert "pull_metrics/tag/library/hello/v1" in detail and "not a hash" in detail
+
+
+def test_unregistered_digest_algorithms_are_400(client: Driver) -> None:
+    for digest in ("md5:0123456789abcdef0123456789abcdef", "foo:" + "A" * 10_000):
+        detail = assert_error(stats(client, f"library/hello/manifest/{digest}"), 400)["detail"]
+        assert "invalid digest" in detail and len(detail) < 200
+
+
 def test_mount_prefix(registry: MemoryRegistry, kind: str) -> None:
     """Under SCRIPT_NAME / root_path the paths the middleware sees are relative."""
     config = PullStatsConfig(enabled=True)

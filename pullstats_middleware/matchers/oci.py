@@ -3,30 +3,31 @@
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 
 from pullstats_middleware.matchers.base import ManifestRequest
 
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
 REPOSITORY_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 TAG_RE = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
-DIGEST_RE = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
-# Registered algorithms have a fixed encoding; anything else only needs the grammar.
-_KNOWN_ALGORITHMS = {
+DIGEST_RE = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")  # the spec's grammar
+# What the product accepts of that grammar: the algorithms the OCI image spec
+# registers, each with its fixed encoding. Anything else is no digest: not a pull,
+# a 400 on the statistics routes, never a Redis key (so keys stay bounded).
+REGISTERED_ALGORITHMS = {
     "sha256": re.compile(r"[a-f0-9]{64}"),
     "sha512": re.compile(r"[a-f0-9]{128}"),
+    "blake3": re.compile(r"[a-f0-9]{64}"),
 }
 MAX_REPOSITORY_LENGTH = 255
+MAX_DIGEST_LENGTH = len("sha512:") + 128
 _MANIFESTS = "/manifests/"
 
 
 def is_digest(reference: str) -> bool:
-    """True when `reference` is a valid digest (tags cannot contain ':')."""
-    if DIGEST_RE.fullmatch(reference) is None:
-        return False
+    """True when `reference` is a digest of a registered algorithm (tags cannot contain ':')."""
     algorithm, _, encoded = reference.partition(":")
-    known = _KNOWN_ALGORITHMS.get(algorithm)
-    return known is None or known.fullmatch(encoded) is not None
+    pattern = REGISTERED_ALGORITHMS.get(algorithm)
+    return pattern is not None and pattern.fullmatch(encoded) is not None
 
 
 def validate_repository(name: str) -> str | None:
@@ -51,9 +52,10 @@ def validate_tag(tag: str) -> str | None:
 def validate_digest(digest: str) -> str | None:
     """Return why `digest` is not a valid digest, or None if it is."""
     if not is_digest(digest):
+        shown = digest if len(digest) <= 80 else digest[:77] + "..."
         return (
-            f"invalid digest {digest!r}: expected algorithm:encoded, "
-            "sha256 with 64 and sha512 with 128 lowercase hex digits"
+            f"invalid digest {shown!r}: expected sha256: or blake3: with 64, "
+            "or sha512: with 128 lowercase hex digits"
         )
     return None
 
@@ -65,13 +67,27 @@ class OCIMatcher:
     reference is whatever follows the *last* `/manifests/`.
     """
 
-    __slots__ = ("_head", "match_manifest")
+    __slots__ = ("_cache", "_cache_size", "_head")
 
     def __init__(self, prefix: str = "", cache_size: int = 8192) -> None:
         self._head = prefix.rstrip("/") + "/v2/"
         # A registry serves the same few paths again and again (one image, many
         # nodes); the regexes cost microseconds, a cache hit tens of nanoseconds.
-        self.match_manifest = lru_cache(maxsize=cache_size)(self._match)
+        # Only valid paths are cached, and a valid path is at most a few hundred
+        # characters, so hostile paths cannot make the cache hold more than ~5 MB.
+        self._cache: dict[str, ManifestRequest] = {}
+        self._cache_size = cache_size
+
+    def match_manifest(self, path: str) -> ManifestRequest | None:
+        cached = self._cache.get(path)
+        if cached is not None:
+            return cached
+        request = self._match(path)
+        if request is not None:
+            if len(self._cache) >= self._cache_size:
+                self._cache.clear()  # safe under concurrent readers, unlike evicting one
+            self._cache[path] = request
+        return request
 
     def _match(self, path: str) -> ManifestRequest | None:
         head = self._head

@@ -6,7 +6,7 @@ import hashlib
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from pullstats_middleware.store.base import (
     Batch,
@@ -92,6 +92,12 @@ class RedisStore:
     def _hmget(self, key: str, *names: str) -> list[Any]:
         try:
             return list(self.client.hmget(key, names))
+        except ResponseError as exc:
+            if str(exc).startswith("WRONGTYPE"):  # someone else's value under our key
+                raise StoreDataError(
+                    f"Redis key {key!r} holds a value that is not a hash"
+                ) from None
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
