@@ -10,6 +10,7 @@ import asyncio
 import gzip
 import hashlib
 import json
+import logging
 import random
 import socket
 import threading
@@ -386,6 +387,36 @@ def test_head_keeps_content_length(proxy: Served, client: httpx2.Client) -> None
     assert response.status_code == 200
     assert response.headers["content-length"] == "12345"
     assert response.content == b""
+
+
+@pytest.mark.parametrize("status", [204, 304])
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_bodiless_statuses_pass_without_a_body_or_an_error(
+    client: httpx2.Client, caplog: pytest.LogCaptureFixture, status: int, method: str
+) -> None:
+    async def bodiless(scope: Any, receive: Any, send: Any) -> None:
+        """A 304 or 204 that names the length of the body it does not send (h11 serves
+        it as a registry would; uvicorn's httptools server would refuse it)."""
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+        elif scope["type"] == "http":
+            headers = [(b"content-length", b"10"), (b"etag", b'"v1"')]
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+
+    with (
+        Served(bodiless, http="h11") as upstream,
+        Served(proxy_app(upstream.url)) as proxy,
+        caplog.at_level(logging.WARNING),
+    ):
+        response = client.request(method, f"{proxy.url}/v2/")
+        again = client.request(method, f"{proxy.url}/v2/")  # the connection lives on
+    assert response.status_code == again.status_code == status
+    assert response.content == b"" and response.headers["etag"] == '"v1"'
+    assert "content-length" not in response.headers
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 def test_compressed_bytes_pass_raw(

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pullstats_middleware")
 
+_NO_CONTENT = frozenset((204, 304))
 _READ_BYTES = 1 << 20  # upstream socket reads, see _read_bigger_chunks
 _URL_SAFE = bytes(range(0x21, 0x7F)).decode().replace("#", "")
 # No cookie jar: the shared client must never keep one user's Set-Cookie for another.
@@ -156,10 +157,16 @@ class RegistryProxy:
             raise failure
 
     async def _stream(self, response: httpx2.Response, scope: Scope, send: Send) -> None:
+        status = response.status_code
         headers = response_headers(response.headers.raw, scope, self._origin)
-        await send(
-            {"type": "http.response.start", "status": response.status_code, "headers": headers}
-        )
+        if status < 200 or status in _NO_CONTENT:
+            # No body, ever (RFC 9110 §6.4.1): a Content-Length here would make the
+            # server wait for bytes that never come (uvicorn raises on a 304).
+            headers = [(name, value) for name, value in headers if name != b"content-length"]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        if status < 200 or status in _NO_CONTENT or scope["method"] == "HEAD":
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
         try:
             async for chunk in response.aiter_raw():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
