@@ -1,8 +1,8 @@
 """A Flask registry app with pull statistics, in one line of wrapping.
 
-Run:    python examples/flask_registry.py        (needs: pip install flask)
-Then:   curl -i localhost:5000/v2/library/hello/manifests/v1
-        curl localhost:5000/api/v1/repository/library/hello/tag/v1/pull_statistics
+Run:    [PORT=5000] python examples/flask_registry.py        (needs: pip install flask)
+Then:   curl -i localhost:${PORT:-5000}/v2/library/hello/manifests/v1
+        curl localhost:${PORT:-5000}/api/v1/repository/library/hello/tag/v1/pull_statistics
 
 Counts go to the Redis named by PULL_METRICS_REDIS (e.g. redis://localhost:6379/0)
 or, with none configured, to process memory.

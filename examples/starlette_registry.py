@@ -1,8 +1,8 @@
 """A Starlette registry app with pull statistics, in one line of wrapping.
 
-Run:    python examples/starlette_registry.py     (uvicorn comes with the [proxy] extra)
-Then:   curl -i localhost:8000/v2/library/hello/manifests/v1
-        curl localhost:8000/api/v1/repository/library/hello/tag/v1/pull_statistics
+Run:    [PORT=8000] python examples/starlette_registry.py     (uvicorn comes with the [proxy] extra)
+Then:   curl -i localhost:${PORT:-8000}/v2/library/hello/manifests/v1
+        curl localhost:${PORT:-8000}/api/v1/repository/library/hello/tag/v1/pull_statistics
 
 Configured from the environment: FEATURE_IMAGE_PULL_STATS, PULL_METRICS_REDIS, ...
 (the feature is switched on here so the example does something by default).
@@ -40,4 +40,6 @@ app.add_middleware(PullStatsASGIMiddleware, config=PullStatsConfig.from_env(enab
 if __name__ == "__main__":
     import uvicorn
 
-    uvicorn.run(app, port=int(os.environ.get("PORT", "8000")))
+    # proxy_headers=False: the middleware believes X-Forwarded-For only from
+    # PULL_METRICS_TRUSTED_PROXIES; uvicorn's default would let a client choose its address.
+    uvicorn.run(app, port=int(os.environ.get("PORT", "8000")), proxy_headers=False)

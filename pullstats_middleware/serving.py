@@ -111,9 +111,11 @@ def serve(app: ASGIApp, sock: socket.socket, host: str, log_level: str, *, proxy
         port=sock.getsockname()[1],
         lifespan="on",
         log_level=log_level,
-        # The upstream's Date and Server pass through; X-Forwarded-For is appended
-        # with the real peer rather than consumed by uvicorn.
-        proxy_headers=not proxy,
+        # The client address is the peer's: X-Forwarded-For is believed only from
+        # PULL_METRICS_TRUSTED_PROXIES, by the middleware (uvicorn's default would let
+        # a client choose its identity). The proxy appends the peer to the header.
+        # The upstream's Date and Server pass through the proxy.
+        proxy_headers=False,
         server_header=not proxy,
         date_header=not proxy,
         ws="none",

@@ -513,3 +513,31 @@ def test_the_listening_socket_is_tcp_so_asyncio_sets_nodelay() -> None:
         assert sock.proto == socket.IPPROTO_TCP
     finally:
         sock.close()
+
+
+def test_demo_ignores_forwarded_for_without_trusted_proxies(tmp_path: Path) -> None:
+    """uvicorn's own proxy_headers would rewrite the client address from
+    X-Forwarded-For; everything this package starts honours only
+    PULL_METRICS_TRUSTED_PROXIES, so a client cannot choose its identity."""
+    port = free_port()
+    demo = Command(tmp_path, "demo", "--port", str(port), "--log-level", "warning")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        demo.wait_until_serving(f"{base}/v2/")
+        with httpx2.Client(trust_env=False, headers={"user-agent": "containerd/1.7"}) as client:
+            head = client.head(
+                f"{base}/v2/library/hello/manifests/v1", headers={"x-forwarded-for": "192.0.2.1"}
+            )
+            digest = head.headers["docker-content-digest"]
+            got = client.get(
+                f"{base}/v2/library/hello/manifests/{digest}",
+                headers={"x-forwarded-for": "192.0.2.2"},
+            )
+            assert got.status_code == 200
+            route = f"{base}/api/v1/repository/library/hello/tag/v1/pull_statistics"
+            stats = eventually(
+                lambda: client.get(route).json(), lambda v: v["manifest_pull_count"] == 1
+            )
+    finally:
+        demo.stop()
+    assert stats["tag_pull_count"] == 1  # one client: the header was not believed
