@@ -47,6 +47,11 @@ class Adapter:
         self.router: Router | None = None
         self._matcher = OCIMatcher(config.path_prefix)
         if not config.enabled:
+            log.warning(
+                "pull statistics are off (FEATURE_IMAGE_PULL_STATS is not true): every "
+                "request passes through uncounted; set FEATURE_IMAGE_PULL_STATS=true "
+                "(or enabled=True) to count pulls"
+            )
             return
         self.metrics = metrics = metrics or PullMetrics(config)
         self.router = Router(routes, config, metrics)

@@ -33,7 +33,9 @@ class CLIError(Exception):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser(proxy=_run_proxy, demo=_run_demo, stats=_run_stats)
+    from pullstats_middleware import __version__
+
+    parser = build_parser(__version__, proxy=_run_proxy, demo=_run_demo, stats=_run_stats)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2), already printed
@@ -73,6 +75,7 @@ def _run_proxy(args: argparse.Namespace) -> int:
         upstream = check_upstream(args.upstream)
     except ValueError as exc:
         raise StartupError(str(exc)) from None
+    tls = serving.tls_files(args.tls_cert, args.tls_key)
     config = load_config(args.config, redis_url=args.redis_url)
     if config.enabled and config.redis is not None:
         serving.ping_redis(config.redis)
@@ -88,8 +91,12 @@ def _run_proxy(args: argparse.Namespace) -> int:
         upstream, config, connect_timeout=args.connect_timeout, read_timeout=args.read_timeout
     )
     store = "off" if not config.enabled else (config.redis.describe() if config.redis else "memory")
-    log.info("pullstats proxy: forwarding to %s; pull statistics: %s", upstream, store)
-    serving.serve(app, sock, args.host, args.log_level, proxy=True)
+    host, port = sock.getsockname()[:2]
+    where = f"{'https' if tls else 'http'}://{f'[{host}]' if ':' in host else host}:{port}"
+    log.info(
+        "pullstats proxy: listening on %s, upstream %s, pull statistics: %s", where, upstream, store
+    )
+    serving.serve(app, sock, args.host, args.log_level, proxy=True, tls=tls)
     return 0
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import MISSING, fields
 from typing import Any, NoReturn
 
-from pullstats_middleware.config import KEYS, PullStatsConfig
+from pullstats_middleware.config import KEYS, READING_KEYS, PullStatsConfig
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -46,10 +46,12 @@ def _seconds(text: str) -> float:
     return value
 
 
-def keys_epilog(intro: str) -> str:
+def keys_epilog(intro: str, *, reading_only: bool = False) -> str:
     defaults = {f.metadata["key"]: f.default for f in fields(PullStatsConfig)}
     lines = [wrap(intro), "", "configuration keys (in the --config YAML file or the environment):"]
     for key, help_text in KEYS.items():
+        if reading_only and key not in READING_KEYS:
+            continue
         default: Any = defaults.get(key, MISSING)
         shown = "" if default in (MISSING, None, "", (), False) else f" [{default}]"
         lines += [f"  {key}", wrap(help_text + shown, indent=6)]
@@ -61,7 +63,9 @@ def wrap(text: str, indent: int = 0) -> str:
     return textwrap.fill(text, 79, initial_indent=" " * indent, subsequent_indent=" " * indent)
 
 
-def build_parser(proxy: Command, demo: Command, stats: Command) -> argparse.ArgumentParser:
+def build_parser(
+    version: str, proxy: Command, demo: Command, stats: Command
+) -> argparse.ArgumentParser:
     raw = argparse.RawDescriptionHelpFormatter  # the epilogs are laid out by hand
     parser = _Parser(
         prog="pullstats",
@@ -69,6 +73,7 @@ def build_parser(proxy: Command, demo: Command, stats: Command) -> argparse.Argu
         epilog=EXAMPLES,
         formatter_class=raw,
     )
+    parser.add_argument("--version", action="version", version=f"pullstats {version}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
 
     command = commands.add_parser(
@@ -83,7 +88,8 @@ def build_parser(proxy: Command, demo: Command, stats: Command) -> argparse.Argu
             "the registry (through the proxy) with the caller's credentials."
         ),
         epilog=keys_epilog(
-            "The proxy speaks plain HTTP; put TLS in front of it. It adds X-Forwarded-For "
+            "The proxy speaks plain HTTP, or HTTPS with --tls-cert and --tls-key. It adds "
+            "X-Forwarded-For "
             "(appending the peer), X-Forwarded-Proto and X-Forwarded-Host, and rewrites a "
             "Location naming the upstream to its own address. With several proxy processes "
             "or for `pullstats stats`, configure Redis: the memory store is per process. "
@@ -110,6 +116,12 @@ def build_parser(proxy: Command, demo: Command, stats: Command) -> argparse.Argu
         metavar="S",
         help="seconds of upstream silence before answering 504 (default 60)",
     )
+    command.add_argument(
+        "--tls-cert",
+        metavar="FILE.pem",
+        help="serve HTTPS with this certificate (chain), PEM; needs --tls-key",
+    )
+    command.add_argument("--tls-key", metavar="FILE.pem", help="the private key of --tls-cert, PEM")
     command.add_argument(
         "--no-upstream-check",
         dest="upstream_check",
@@ -150,7 +162,8 @@ def build_parser(proxy: Command, demo: Command, stats: Command) -> argparse.Argu
         ),
         epilog=keys_epilog(
             "Only Redis can be read from here: the embedded memory store lives inside each "
-            "serving process."
+            "serving process.",
+            reading_only=True,
         ),
         formatter_class=raw,
     )

@@ -102,7 +102,42 @@ def setup_logging(level: str) -> None:
     logging.getLogger("httpx2").setLevel(logging.WARNING)  # uvicorn's access log says it all
 
 
-def serve(app: ASGIApp, sock: socket.socket, host: str, log_level: str, *, proxy: bool) -> None:
+def tls_files(cert: str | None, key: str | None) -> tuple[str, str] | None:
+    """The certificate and key to serve HTTPS with, both readable PEM; None: plain HTTP."""
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise StartupError("--tls-cert and --tls-key go together")
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        why = one_line(exc)
+        raise StartupError(f"cannot use TLS certificate {cert} with key {key}: {why}") from None
+    return cert, key
+
+
+class _QuietProbes(logging.Filter):
+    """Clients that try HTTPS first on a plain-HTTP registry make uvicorn warn once per
+    command; not the operator's problem: shown at debug level only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage() == "Invalid HTTP request received.":
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+def serve(
+    app: ASGIApp,
+    sock: socket.socket,
+    host: str,
+    log_level: str,
+    *,
+    proxy: bool,
+    tls: tuple[str, str] | None = None,
+) -> None:
     import uvicorn
 
     config = uvicorn.Config(
@@ -119,5 +154,8 @@ def serve(app: ASGIApp, sock: socket.socket, host: str, log_level: str, *, proxy
         server_header=not proxy,
         date_header=not proxy,
         ws="none",
+        ssl_certfile=tls[0] if tls else None,
+        ssl_keyfile=tls[1] if tls else None,
     )
+    logging.getLogger("uvicorn.error").addFilter(_QuietProbes())  # after uvicorn's dictConfig
     uvicorn.Server(config).run(sockets=[sock])

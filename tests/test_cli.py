@@ -3,9 +3,12 @@ and `demo` and `proxy` as real subprocesses on free ports."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
+import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -18,7 +21,7 @@ import pytest
 
 from pullstats_middleware import PullMetrics, PullStatsConfig
 from pullstats_middleware.cli import load_config, main, parse_reference
-from pullstats_middleware.config import KEYS, ConfigError, RedisSettings
+from pullstats_middleware.config import KEYS, READING_KEYS, ConfigError, RedisSettings
 from pullstats_middleware.demo_registry import MemoryRegistry, starlette_app
 from tests.apps import TAG_FIELDS
 from tests.e2e.services import RedisServer
@@ -91,10 +94,22 @@ def test_subcommand_help(
     assert code == 0
     for flag in flags:
         assert flag in out
-    if command != "demo":  # the configuration keys, each one
+    if command == "proxy":  # the configuration keys, each one
         for key in KEYS:
             assert key in out
+    if command == "stats":  # only the keys a reader needs
+        for key in KEYS:
+            assert (key in out) == (key in READING_KEYS), key
+        assert "PULL_METRICS_REDIS" in out
+    if command != "demo":
         assert "precedence" in out
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from pullstats_middleware import __version__
+
+    code, out, _ = run(["--version"], capsys)
+    assert code == 0 and out.strip() == f"pullstats {__version__}"
 
 
 def test_module_entry_point_help() -> None:
@@ -499,6 +514,65 @@ def test_proxy_command_counts_into_redis(redis_url: str, tmp_path: Path) -> None
     finally:
         stats.close()
     assert "Traceback" not in proxy.err.read_text()
+    listening = f"listening on http://127.0.0.1:{port}, upstream {upstream.url}, pull statistics: "
+    assert listening in proxy.err.read_text()
+
+
+def test_proxy_serves_https_and_keeps_plain_http_probes_quiet(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docker and podman need TLS for a registry that is not on localhost; clients that
+    try HTTPS first on a plain-HTTP proxy are no warning for the operator."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    names = "subjectAltName=IP:127.0.0.1,DNS:localhost"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-subj", "/CN=localhost", "-addext", names, "-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    registry = MemoryRegistry()
+    digest = registry.push_image("library/secure", "v1")
+    with Served(starlette_app(registry)) as upstream:
+        port, plain_port = free_port(), free_port()
+        argv = ["proxy", "--upstream", upstream.url, "--port"]
+        secure = Command(tmp_path, *argv, str(port), "--tls-cert", str(cert), "--tls-key", str(key))
+        (tmp_path / "plain").mkdir()
+        plain = Command(tmp_path / "plain", *argv, str(plain_port))
+        try:
+            base = f"https://127.0.0.1:{port}"
+            with httpx2.Client(
+                trust_env=False, verify=ssl.create_default_context(cafile=cert)
+            ) as c:
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline:
+                    try:
+                        pulled = c.get(f"{base}/v2/library/secure/manifests/v1")
+                        break
+                    except httpx2.TransportError:
+                        time.sleep(0.05)
+                assert pulled.headers["docker-content-digest"] == digest
+            plain.wait_until_serving(f"http://127.0.0.1:{plain_port}/v2/")
+            with socket.create_connection(("127.0.0.1", plain_port)) as probe:
+                probe.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64)
+                probe.settimeout(5)
+                with contextlib.suppress(OSError):
+                    probe.recv(1024)
+            assert httpx2.get(f"http://127.0.0.1:{plain_port}/v2/", trust_env=False).status_code
+        finally:
+            secure.stop()
+            plain.stop()
+    assert f"listening on https://127.0.0.1:{port}" in secure.err.read_text()
+    assert "Invalid HTTP request" not in plain.err.read_text()
+    assert f"listening on http://127.0.0.1:{plain_port}" in plain.err.read_text()
+    code, _, err = run(["proxy", "--upstream", "http://x", "--tls-cert", str(cert)], capsys)
+    assert_one_line_error(code, err, "--tls-cert and --tls-key go together")
+    code, _, err = run(
+        ["proxy", "--upstream", "http://x", "--tls-cert", str(key), "--tls-key", str(key)], capsys
+    )
+    assert_one_line_error(code, err, "cannot use TLS certificate")
 
 
 def test_the_listening_socket_is_tcp_so_asyncio_sets_nodelay() -> None:

@@ -184,3 +184,15 @@ def test_from_file_errors_name_the_problem(tmp_path: Any, content: bytes, messag
         PullStatsConfig.from_file(path)
     with pytest.raises(ConfigError, match="cannot read config file"):
         PullStatsConfig.from_file(tmp_path / "absent.yaml")
+
+
+def test_statistics_off_says_so_once_at_start_up(caplog: pytest.LogCaptureFixture) -> None:
+    """`from_env()` without FEATURE_IMAGE_PULL_STATS=true silently did nothing."""
+    from pullstats_middleware import PullStatsASGIMiddleware, PullStatsMiddleware
+
+    with caplog.at_level(logging.WARNING, logger="pullstats_middleware"):
+        PullStatsMiddleware(lambda environ, start_response: [], PullStatsConfig.from_env({}))
+        PullStatsASGIMiddleware(lambda scope, receive, send: None, PullStatsConfig())
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2
+    assert all("FEATURE_IMAGE_PULL_STATS=true" in line and "off" in line for line in lines)

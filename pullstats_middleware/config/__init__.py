@@ -3,6 +3,7 @@
 from pullstats_middleware.config.redis_settings import RedisSettings
 from pullstats_middleware.config.settings import (
     KEYS,
+    READING_KEYS,
     AuthPolicy,
     PullStatsConfig,
     env_values,
@@ -13,6 +14,7 @@ from pullstats_middleware.config.values import ConfigError, IPNetwork
 
 __all__ = [
     "KEYS",
+    "READING_KEYS",
     "AuthPolicy",
     "ConfigError",
     "IPNetwork",

@@ -33,8 +33,9 @@ AuthPolicy = Callable[[StatsRequest, Mapping[str, str]], "bool | int"]
 FALLBACK_REDIS = "USER_EVENTS_REDIS"
 
 
-def _key(key: str, help: str, **extra: Any) -> dict[str, Any]:
-    return {"key": key, "help": help, **extra}
+def _key(key: str, help: str, *, reading: bool = False) -> dict[str, Any]:
+    """`reading`: `pullstats stats` needs it too (the rest only serving does)."""
+    return {"key": key, "help": help, "reading": reading}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,11 +54,12 @@ class PullStatsConfig:
             "PULL_METRICS_REDIS",
             "where counts live: a redis://, rediss:// or unix:// URL, or JSON "
             "{host, port, password, ssl, db, username} or {sentinels, service_name}",
+            reading=True,
         ),
     )
     key_prefix: str = field(
         default="pull_metrics",
-        metadata=_key("PULL_METRICS_KEY_PREFIX", "prefix of every Redis key"),
+        metadata=_key("PULL_METRICS_KEY_PREFIX", "prefix of every Redis key", reading=True),
     )
     path_prefix: str = field(
         default="", metadata=_key("PULL_METRICS_PATH_PREFIX", "path the registry is mounted under")
@@ -184,10 +186,14 @@ class PullStatsConfig:
         return cls.from_mapping(mapping, **overrides)
 
 
-# Every key the loaders read, in the order `--help` lists them, with its help text.
+# Every key the loaders read, in the order `--help` lists them, with its help text;
+# READING_KEYS: the ones a reader of the statistics (`pullstats stats`) needs.
 KEYS: dict[str, str] = {}
+READING_KEYS: set[str] = {FALLBACK_REDIS}
 for _f in fields(PullStatsConfig):
     KEYS[_f.metadata["key"]] = _f.metadata["help"]
+    if _f.metadata["reading"]:
+        READING_KEYS.add(_f.metadata["key"])
     if _f.name == "redis":
         KEYS[FALLBACK_REDIS] = "used when PULL_METRICS_REDIS is not set"
 
