@@ -12,6 +12,7 @@ from typing import Any
 
 from pullstats_middleware.config import PullStatsConfig
 from pullstats_middleware.exchange import ManifestExchange
+from pullstats_middleware.identity import Client
 from pullstats_middleware.matchers import ManifestRequest, OCIMatcher
 from pullstats_middleware.metrics import PullMetrics
 from pullstats_middleware.routes import ROUTES, Route, Router
@@ -82,10 +83,15 @@ class Adapter:
         return None
 
     def exchange(
-        self, request: ManifestRequest, method: str, client: Callable[[], str]
+        self, request: ManifestRequest, method: str, client: Callable[[], Client]
     ) -> ManifestExchange:
         """The watcher of one manifest response; `client` gives the client identity."""
         assert self.metrics is not None
         return ManifestExchange(
-            self.metrics.recorder, request, method, client, self.config.max_manifest_bytes
+            self.metrics.recorder,
+            request,
+            method,
+            client,
+            self.config.max_manifest_bytes,
+            self.config.exclude,
         )

@@ -12,7 +12,7 @@ import anyio
 import anyio.to_thread
 
 from pullstats_middleware.adapter import Adapter
-from pullstats_middleware.identity import client_address, client_identity
+from pullstats_middleware.identity import Client, client_address
 from pullstats_middleware.routes import (
     Probe,
     ProbeAnswer,
@@ -85,7 +85,7 @@ class PullStatsASGIMiddleware(Adapter):
 
         return lifespan_send
 
-    def _client(self, scope: Scope) -> str:
+    def _client(self, scope: Scope) -> Client:
         wanted = {b"x-forwarded-for": "", b"authorization": "", b"user-agent": ""}
         for name, value in scope.get("headers", ()):
             if name in wanted:  # ASGI header names are lower-case
@@ -93,7 +93,7 @@ class PullStatsASGIMiddleware(Adapter):
         peer = scope.get("client")
         forwarded = wanted[b"x-forwarded-for"]
         address = client_address(peer[0] if peer else "", forwarded, self.config.trusted_proxies)
-        return client_identity(address, wanted[b"authorization"], wanted[b"user-agent"])
+        return Client(address, wanted[b"authorization"], wanted[b"user-agent"])
 
     async def _statistics(
         self, router: Router, path: str, scope: Scope, receive: Receive, send: Send

@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from pullstats_middleware.config import ExcludeRule
+from pullstats_middleware.identity import Client, excluded
 from pullstats_middleware.matchers import ManifestRequest, is_digest
 from pullstats_middleware.recorder import Recorder
 from pullstats_middleware.store.base import DigestFetch, Resolution
@@ -31,6 +33,7 @@ class ManifestExchange:
     __slots__ = (
         "_client",
         "_digest",
+        "_exclude",
         "_hasher",
         "_max_bytes",
         "_method",
@@ -45,13 +48,15 @@ class ManifestExchange:
         recorder: Recorder,
         request: ManifestRequest,
         method: str,
-        client: Callable[[], str],
+        client: Callable[[], Client],
         max_bytes: int,
+        exclude: tuple[ExcludeRule, ...] = (),
     ) -> None:
         self._recorder = recorder
         self._request = request
         self._method = method
-        self._client = client  # the hashed client identity; called only when attribution needs it
+        self._client = client  # called only when attribution or exclusion needs it
+        self._exclude = exclude
         self._max_bytes = max_bytes
         self._status = 0
         self._digest: str | None = None
@@ -126,11 +131,15 @@ class ManifestExchange:
             digest, request = self._digest, self._request
             if digest is None:
                 return
+            if self._exclude and excluded(self._exclude, self._client()):
+                if self._method == GET:  # a pull, but not a user's: no count, no date
+                    self._recorder.add_excluded_pull()
+                return
             if self._method != GET:  # a HEAD by tag: a resolution, maybe half of a tag pull
                 if not request.by_digest:
                     self._recorder.add_attribution_event(
                         Resolution(
-                            self._client(),
+                            self._client().identity,
                             request.repository,
                             request.reference,
                             digest,
@@ -140,7 +149,9 @@ class ManifestExchange:
             elif request.by_digest:
                 # A plain digest pull, unless this client just resolved a tag
                 # to this digest with a HEAD (containerd): the store pairs them.
-                event = DigestFetch(self._client(), request.repository, digest, time.time())
+                event = DigestFetch(
+                    self._client().identity, request.repository, digest, time.time()
+                )
                 self._recorder.add_attribution_event(event)
             else:
                 self._recorder.add_tag_pull(request.repository, request.reference, digest)

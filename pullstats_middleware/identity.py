@@ -8,10 +8,27 @@ on the request side, only for the exchanges attribution needs.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
+import json
 from collections.abc import Sequence
+from typing import NamedTuple
 
-from pullstats_middleware.config import IPNetwork
+from pullstats_middleware.config import ExcludeRule, IPNetwork
+
+
+class Client(NamedTuple):
+    """Who is asking: held in process memory only (the Redis store writes a hash)."""
+
+    address: str  # after trusted proxies
+    authorization: str
+    user_agent: str
+
+    @property
+    def identity(self) -> str:
+        """What pairs a HEAD with its GET: address, credentials and user agent."""
+        return f"{self.address}\n{self.authorization}\n{self.user_agent}"
 
 
 def client_address(peer: str, forwarded_for: str | None, trusted: Sequence[IPNetwork]) -> str:
@@ -38,6 +55,24 @@ def _trusted(address: str, trusted: Sequence[IPNetwork]) -> bool:
     return any(ip in network for network in trusted)
 
 
-def client_identity(address: str, authorization: str | None, user_agent: str | None) -> str:
-    """Who is asking, held in process memory only: the Redis store writes a hash of it."""
-    return f"{address}\n{authorization or ''}\n{user_agent or ''}"
+def username(authorization: str) -> str | None:
+    """The Basic-auth user, or the `sub` of a bearer JWT, read without verification:
+    good enough to classify a pull, never to authorize anything."""
+    scheme, _, credentials = authorization.partition(" ")
+    try:
+        if scheme.lower() == "basic":
+            return base64.b64decode(credentials, validate=True).decode().partition(":")[0]
+        if scheme.lower() == "bearer" and credentials.count(".") == 2:
+            payload = credentials.split(".")[1]
+            claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+            subject = claims.get("sub") if isinstance(claims, dict) else None
+            return subject if isinstance(subject, str) else None
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        pass
+    return None
+
+
+def excluded(rules: Sequence[ExcludeRule], client: Client) -> bool:
+    """True when any `PULL_METRICS_EXCLUDE` rule matches this client."""
+    user = username(client.authorization) if any(r.username for r in rules) else None
+    return any(rule.matches(client.address, user, client.user_agent) for rule in rules)

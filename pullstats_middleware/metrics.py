@@ -113,6 +113,7 @@ class PullMetrics:
         return {
             "dropped_pulls": recorder.dropped,
             "dropped_attribution_events": recorder.dropped_events,
+            "excluded_pulls": recorder.excluded,
             "skipped_keys": recorder.skipped_keys,
             "buffered_keys": len(recorder),
             "pending_batches": recorder.pending_batches,

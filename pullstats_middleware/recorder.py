@@ -47,6 +47,7 @@ class Recorder:
         self.clock_skew = clock_skew
         self.dropped = 0  # pulls refused because the buffer was full
         self.dropped_events = 0  # attribution events refused because the buffer was full
+        self.excluded = 0  # pulls by excluded clients (scanners, robots): not counted
         self.skipped_keys = 0  # keys the store refused (foreign data in them)
         self._last_warning: dict[str, float] = {}
         self._reset()
@@ -143,6 +144,11 @@ class Recorder:
             self.add_manifest_pull(event.repository, event.digest, event.ts)
         elif self._thread is None:
             self._start()
+
+    def add_excluded_pull(self) -> None:
+        """A pull by a client PULL_METRICS_EXCLUDE names: counted here, nowhere else."""
+        with self._lock:
+            self.excluded += 1
 
     def _full(self) -> bool:
         # Batches waiting for the store count too: memory stays under one cap.

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from pullstats_middleware.adapter import Adapter
 from pullstats_middleware.exchange import ManifestExchange
-from pullstats_middleware.identity import client_address, client_identity
+from pullstats_middleware.identity import Client, client_address
 from pullstats_middleware.routes import (
     Probe,
     ProbeAnswer,
@@ -53,11 +53,11 @@ class PullStatsMiddleware(Adapter):
 
         return _WatchedBody(self.app(environ, watching_start_response), exchange)
 
-    def _client(self, environ: WSGIEnvironment) -> str:
+    def _client(self, environ: WSGIEnvironment) -> Client:
         peer, forwarded = environ.get("REMOTE_ADDR", ""), environ.get("HTTP_X_FORWARDED_FOR")
         address = client_address(peer, forwarded, self.config.trusted_proxies)
-        return client_identity(
-            address, environ.get("HTTP_AUTHORIZATION"), environ.get("HTTP_USER_AGENT")
+        return Client(
+            address, environ.get("HTTP_AUTHORIZATION", ""), environ.get("HTTP_USER_AGENT", "")
         )
 
     def _statistics(

@@ -180,6 +180,7 @@ def test_full_buffer_drops_new_keys_and_counts_them(server: RedisServer) -> None
     assert metrics.health() == {
         "dropped_pulls": 50,
         "dropped_attribution_events": 0,
+        "excluded_pulls": 0,
         "skipped_keys": 0,
         "buffered_keys": 0,
         "pending_batches": 0,

@@ -1,5 +1,6 @@
 """Configuration: one validated, immutable object, and the parsers of its values."""
 
+from pullstats_middleware.config.exclusion import ExcludeRule
 from pullstats_middleware.config.redis_settings import RedisSettings
 from pullstats_middleware.config.settings import (
     KEYS,
@@ -17,6 +18,7 @@ __all__ = [
     "READING_KEYS",
     "AuthPolicy",
     "ConfigError",
+    "ExcludeRule",
     "IPNetwork",
     "PullStatsConfig",
     "RedisSettings",

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from pullstats_middleware.config.exclusion import ExcludeRule, exclude_rules
 from pullstats_middleware.config.redis_settings import RedisSettings
 from pullstats_middleware.config.values import (
     ConfigError,
@@ -117,6 +118,16 @@ class PullStatsConfig:
         ),
     )
 
+    exclude: tuple[ExcludeRule, ...] = field(
+        default=(),
+        metadata=_key(
+            "PULL_METRICS_EXCLUDE",
+            "clients whose pulls change no count and no date (scanners, replication, "
+            'robots): a JSON list of rules like [{"user_agent": "^Trivy/"}, {"username": '
+            '"replicator"}, {"network": "10.8.0.0/16"}]; a rule matches when all its fields do',
+        ),
+    )
+
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise in place, once
         set_(self, "enabled", boolean(key_of("enabled"), self.enabled))
@@ -140,6 +151,7 @@ class PullStatsConfig:
         set_(self, "path_prefix", path.rstrip("/"))
         set_(self, "auth", auth_mode(key_of("auth"), self.auth))
         set_(self, "trusted_proxies", networks(key_of("trusted_proxies"), self.trusted_proxies))
+        set_(self, "exclude", exclude_rules(key_of("exclude"), self.exclude))
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any], **overrides: Any) -> PullStatsConfig:
