@@ -1,0 +1,272 @@
+"""Property tests: whole classes of hostile input, through the matchers, the router
+and both adapters, with every Redis key the store writes looked at afterwards.
+
+Properties: nothing raises out of the middleware; the middleware itself never
+answers 5xx (a 503 only relays a registry that failed its probe); every Redis
+key starts with the prefix and is no longer than the name grammar allows; a
+request the middleware does not claim reaches the wrapped app byte for byte,
+and the app's answer reaches the client unchanged.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import anyio
+import fakeredis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pullstats_middleware import (
+    PullMetrics,
+    PullStatsASGIMiddleware,
+    PullStatsConfig,
+    PullStatsMiddleware,
+)
+from pullstats_middleware.matchers import OCIMatcher, is_digest, validate_repository
+from pullstats_middleware.matchers.oci import MAX_DIGEST_LENGTH, MAX_REPOSITORY_LENGTH
+from pullstats_middleware.recorder import _fold
+from pullstats_middleware.routes import ROUTES, Request, Response, RouteCall, Router
+from pullstats_middleware.store import DigestFetch, MemoryStore, RedisStore, Resolution
+from pullstats_middleware.store.base import Batch
+
+SHA = "sha256:" + "ab" * 32
+PREFIX = "pull_metrics"
+# prefix/resolution/<24 hex>/<repository>/<digest>, the longest key family
+MAX_KEY = len(PREFIX) + len("/resolution/") + 24 + 1 + MAX_REPOSITORY_LENGTH + 1 + MAX_DIGEST_LENGTH
+
+LATIN1 = st.characters(max_codepoint=255)
+SEGMENTS = st.one_of(
+    st.sampled_from(
+        [
+            *("v2", "manifests", "api", "v1", "repository", "tag", "manifest"),
+            *("pull_statistics", "library", "hello", "", ".", "..", "%2F", "%00", "a\r\nb"),
+            *(SHA, "sha512:" + "0" * 128, "md5:00", "ünï", "latest", "x" * 300, "A" * 129),
+        ]
+    ),
+    st.text(alphabet=LATIN1, max_size=12),
+)
+PATHS = st.lists(SEGMENTS, min_size=1, max_size=9).map(lambda parts: "/" + "/".join(parts))
+ROOTED = st.sampled_from(
+    ["/v2/", "/api/v1/repository/", "/v2/library/hello/manifests/", "/v2/a/manifests/", "/"]
+)
+# Valid names too, so the watched paths and the routes are reached often.
+NAMES = st.sampled_from(["a", "library/hello", "team/manifests/app", "A", "a//b"])
+REFERENCES = st.sampled_from(["v1", "latest", SHA, "md5:00", ".v1", "v" * 129])
+ANY_PATH = st.one_of(
+    st.tuples(ROOTED, PATHS).map(lambda p: p[0] + p[1].lstrip("/")),
+    st.builds("/v2/{}/manifests/{}".format, NAMES, REFERENCES),
+    st.builds(
+        "/api/v1/repository/{}/{}/{}/pull_statistics".format,
+        NAMES,
+        st.sampled_from(["tag", "manifest", "labels"]),
+        REFERENCES,
+    ),
+)
+# Weighted toward what the middleware watches: GET and HEAD, status 200.
+METHODS = st.one_of(
+    st.sampled_from(["GET", "HEAD"]),
+    st.sampled_from(["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]),
+)
+QUERIES = st.text(alphabet=LATIN1, max_size=30)
+DIGEST_HEADERS = st.one_of(
+    st.none(), st.just(SHA), st.text(alphabet=LATIN1, max_size=40), st.just("foo:" + "A" * 5000)
+)
+STATUSES = st.one_of(
+    st.just(200), st.sampled_from([201, 204, 304, 401, 403, 404, 500]), st.integers(100, 599)
+)
+BODIES = st.binary(max_size=64)
+
+FAST = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+@FAST
+@given(ANY_PATH)
+def test_the_matcher_accepts_only_valid_names(path: str) -> None:
+    request = OCIMatcher().match_manifest(path)
+    if request is not None:
+        assert validate_repository(request.repository) is None
+        assert is_digest(request.reference) == request.by_digest
+        assert len(request.reference) <= MAX_DIGEST_LENGTH
+
+
+def _router() -> Router:
+    config = PullStatsConfig(enabled=True)
+    return Router(ROUTES, config, PullMetrics(config, store=MemoryStore()))
+
+
+ROUTER = _router()
+
+
+@FAST
+@given(METHODS, ANY_PATH, QUERIES)
+def test_the_router_never_raises_and_never_answers_5xx(method: str, path: str, query: str) -> None:
+    outcome = ROUTER.route(Request(method, path, query, {}, "10.0.0.1"))
+    if isinstance(outcome, Response):
+        assert outcome.status in (400, 405)
+        assert method != "HEAD" or outcome.body == b""
+    elif isinstance(outcome, RouteCall):
+        assert validate_repository(outcome.args["repository"]) is None
+        assert outcome.probe is not None and outcome.probe.path.startswith("/v2/")
+
+
+# -- both adapters, against a registry that answers whatever the example says ---------
+
+
+class Echo:
+    """The wrapped app: records what reached it, answers with the example's response."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, str]] = []
+        self.status, self.digest, self.body = 200, None, b""
+
+    def answer_headers(self) -> list[tuple[str, str]]:
+        headers = [("Content-Type", "application/octet-stream")]
+        return headers + ([("Docker-Content-Digest", self.digest)] if self.digest else [])
+
+    def wsgi(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        self.seen.append((environ["REQUEST_METHOD"], environ["PATH_INFO"], environ["QUERY_STRING"]))
+        start_response(f"{self.status} X", self.answer_headers())
+        return [self.body]
+
+    async def asgi(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        self.seen.append((scope["method"], scope["path"], scope["query_string"].decode("latin-1")))
+        headers = [(k.lower().encode(), v.encode("latin-1")) for k, v in self.answer_headers()]
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+def _wsgi(app: Any, method: str, path: str, query: str, forwarded: str) -> tuple[int, bytes]:
+    environ = {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": path,
+        "QUERY_STRING": query,
+        "SCRIPT_NAME": "",
+        "REMOTE_ADDR": "10.0.0.1",
+        "SERVER_NAME": "registry.test",
+        "SERVER_PORT": "80",
+        "HTTP_X_FORWARDED_FOR": forwarded,
+        "wsgi.input": io.BytesIO(b""),
+    }
+    out: dict[str, Any] = {}
+
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+        out["status"] = int(status[:3])
+        return lambda data: None
+
+    body = b"".join(app(environ, start_response))
+    return out["status"], body
+
+
+def _asgi(app: Any, method: str, path: str, query: str, forwarded: str) -> tuple[int, bytes]:
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode("utf-8", "surrogateescape"),
+        "root_path": "",
+        "query_string": query.encode("latin-1"),
+        "headers": [(b"x-forwarded-for", forwarded.encode("latin-1"))],
+        "client": ("10.0.0.1", 40000),
+        "server": ("registry.test", 80),
+    }
+    out: dict[str, Any] = {"body": b""}
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            out["status"] = message["status"]
+        else:
+            out["body"] += message.get("body", b"")
+
+    anyio.run(app, scope, receive, send)
+    return out["status"], out["body"]
+
+
+def _adapters() -> list[tuple[Echo, Any, Any, PullMetrics, fakeredis.FakeRedis]]:
+    built = []
+    for adapter, drive in ((PullStatsMiddleware, _wsgi), (PullStatsASGIMiddleware, _asgi)):
+        server = fakeredis.FakeRedis()
+        config = PullStatsConfig(enabled=True, flush_interval=3600.0)
+        metrics = PullMetrics(config, store=RedisStore(server))
+        echo = Echo()
+        app = adapter(echo.wsgi if adapter is PullStatsMiddleware else echo.asgi, metrics=metrics)
+        built.append((echo, app, drive, metrics, server))
+    return built
+
+
+ADAPTERS = _adapters()
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck))
+@given(METHODS, ANY_PATH, QUERIES, STATUSES, DIGEST_HEADERS, BODIES, QUERIES)
+def test_adapters_under_hostile_input(
+    method: str,
+    path: str,
+    query: str,
+    status: int,
+    digest: str | None,
+    body: bytes,
+    forwarded: str,
+) -> None:
+    outcome = ROUTER.route(Request(method, path, query, {}, "10.0.0.1"))
+    for echo, app, drive, metrics, server in ADAPTERS:
+        echo.seen.clear()
+        echo.status, echo.digest, echo.body = status, digest, body
+        got_status, got_body = drive(app, method, path, query, forwarded)
+        if outcome is None:
+            # Not ours: the registry saw exactly this request, the client exactly its answer.
+            assert echo.seen == [(method, path, query)]
+            assert (got_status, got_body) == (status, body)
+            continue
+        if isinstance(outcome, Response):
+            expected = outcome.status  # 400 or 405, before asking the registry
+        elif 200 <= status < 300:
+            expected = 200
+        else:  # the registry's refusal, or 503 relaying a registry that failed its probe
+            expected = status if status in (401, 403, 404) else 503
+        assert got_status == expected
+        assert [seen[0] for seen in echo.seen] in ([], ["HEAD"])  # at most the probe
+        if method != "HEAD":
+            assert isinstance(json.loads(got_body), dict)
+        assert metrics.flush(10)
+        for key in server.keys():  # noqa: SIM118 -- a Redis client, not a dict
+            assert key.startswith(PREFIX.encode() + b"/") and len(key) <= MAX_KEY, key
+
+
+# -- folding a run of attribution events never changes what the store ends with -------
+
+EVENTS = st.lists(
+    st.tuples(st.sampled_from(["h:v1", "h:v2", "g"]), st.floats(0, 5)), min_size=1, max_size=12
+)
+
+
+@FAST
+@given(EVENTS, st.sampled_from([0.5, 2.0, 30.0]))
+def test_folding_events_keeps_the_store_result(
+    events: list[tuple[str, float]], window: float
+) -> None:
+    ts, stream = 1000.0, []
+    for kind, gap in events:
+        ts += gap
+        if kind == "g":
+            stream.append(DigestFetch("c", "r", SHA, ts))
+        else:
+            stream.append(Resolution("c", "r", kind[2:], SHA, ts))
+    folded: list[Resolution | DigestFetch] = []
+    for event in stream:
+        if not (folded and _fold(folded, event)):
+            folded.append(event)
+    results = []
+    for sequence in (stream, folded):
+        store = MemoryStore()
+        store.apply(Batch("b", "p", attribution_events=list(sequence)), window=window, skew=1.0)
+        results.append([store.read_tag("r", tag) for tag in ("v1", "v2")])
+    assert results[0] == results[1]
