@@ -58,7 +58,7 @@ class PullStatsASGIMiddleware(Adapter):
 
         async def watching_send(message: Message) -> None:
             if message["type"] == "http.response.body":
-                if exchange.hashing:
+                if exchange.wants_body:
                     exchange.body(message.get("body", b""))
                 await send(message)
                 if not message.get("more_body", False):

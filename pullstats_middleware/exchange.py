@@ -10,6 +10,7 @@ fails abandons the exchange (logged, nothing counted).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -25,6 +26,14 @@ log = logging.getLogger("pullstats_middleware")
 
 GET = "GET"
 _DIGEST_HEADERS = ("docker-content-digest", b"docker-content-digest")
+_TYPE_HEADERS = ("content-type", b"content-type")
+INDEX_TYPES = frozenset(
+    (
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+    )
+)
+MAX_CHILDREN = 256  # far more platforms and attestations than any index carries
 
 
 class ManifestExchange:
@@ -35,6 +44,7 @@ class ManifestExchange:
         "_digest",
         "_exclude",
         "_hasher",
+        "_index_body",
         "_max_bytes",
         "_method",
         "_recorder",
@@ -61,19 +71,20 @@ class ManifestExchange:
         self._status = 0
         self._digest: str | None = None
         self._hasher: hashlib._Hash | None = None
+        self._index_body: bytearray | None = None  # an index's body, to learn its children
         self._size = 0
 
     @property
-    def hashing(self) -> bool:
-        """True while the body must be hashed to learn the digest."""
-        return self._hasher is not None
+    def wants_body(self) -> bool:
+        """True while the body must be seen: hashed to learn the digest, or an index read."""
+        return self._hasher is not None or self._index_body is not None
 
     def abandon(self, why: str | None = None) -> None:
         """Count nothing for this exchange; `why`: log the exception being handled."""
         if why is not None:
             log.exception("pull statistics: failed to %s; not counted", why)
         self._status = 0
-        self._hasher = None
+        self._hasher = self._index_body = None
 
     def start(self, status: int | str, headers: Iterable[tuple[Any, Any]]) -> None:
         """The response began: an ASGI status and byte headers, or WSGI's `"200 OK"` and str."""
@@ -81,20 +92,24 @@ class ManifestExchange:
             self._status = status if isinstance(status, int) else int(status[:3])
             if self._status != 200:
                 return
-            request = self._request
+            request, get = self._request, self._method == GET
+            if request.by_digest and not get:
+                return  # a HEAD by digest: nothing to record
+            digest = media_type = None
+            for name, value in headers:
+                # The length tests first: most headers are skipped without lower().
+                size = len(name)
+                if size == 21 and name.lower() in _DIGEST_HEADERS:
+                    digest = _text(value).strip()
+                elif size == 12 and name.lower() in _TYPE_HEADERS:
+                    media_type = _text(value).partition(";")[0].strip().lower()
+            if get and media_type in INDEX_TYPES:
+                self._index_body = bytearray()
             if request.by_digest:
                 self._digest = request.reference
-                return
-            digest = None
-            for name, value in headers:
-                # The length test first: most headers are skipped without lower().
-                if len(name) == 21 and name.lower() in _DIGEST_HEADERS:
-                    digest = (
-                        value.decode("latin-1") if isinstance(value, bytes) else value
-                    ).strip()
-            if digest is not None and is_digest(digest):
+            elif digest is not None and is_digest(digest):
                 self._digest = digest
-            elif self._method == GET:
+            elif get:
                 if digest is not None:
                     log.debug("ignoring malformed Docker-Content-Digest %r", digest)
                 self._hasher = hashlib.sha256()
@@ -102,23 +117,26 @@ class ManifestExchange:
             self.abandon("read a manifest response")
 
     def body(self, chunk: bytes) -> None:
-        hasher = self._hasher
-        if hasher is None:
-            return
         try:
             self._size += len(chunk)
             if self._size > self._max_bytes:
-                log.debug(
-                    "manifest %s:%s is larger than %d bytes and has no digest header; not counted",
-                    self._request.repository,
-                    self._request.reference,
-                    self._max_bytes,
-                )
-                self.abandon()
+                self._index_body = None  # an index that large lists nothing we keep
+                if self._hasher is not None:
+                    log.debug(
+                        "manifest %s:%s is larger than %d bytes, without a digest header; "
+                        "not counted",
+                        self._request.repository,
+                        self._request.reference,
+                        self._max_bytes,
+                    )
+                    self.abandon()
                 return
-            hasher.update(chunk)
+            if self._hasher is not None:
+                self._hasher.update(chunk)
+            if self._index_body is not None:
+                self._index_body += chunk
         except Exception:
-            self.abandon("hash a manifest body")
+            self.abandon("read a manifest body")
 
     def finish(self) -> None:
         """The body went out to the end: record what this exchange was. Counts once."""
@@ -155,5 +173,24 @@ class ManifestExchange:
                 self._recorder.add_attribution_event(event)
             else:
                 self._recorder.add_tag_pull(request.repository, request.reference, digest)
+            if self._index_body is not None:
+                children = _children(self._index_body)
+                if children:
+                    self._recorder.add_index(request.repository, digest, children)
         except Exception:
             self.abandon("record a pull")
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+def _children(body: bytes | bytearray) -> tuple[str, ...]:
+    """The digests an image index lists; () for a body that is not one."""
+    try:
+        listed = json.loads(body).get("manifests")
+        digests = [entry.get("digest") for entry in listed[:MAX_CHILDREN]]
+    except (ValueError, AttributeError, TypeError):
+        log.debug("an image index body that is not JSON with a manifests list; ignored")
+        return ()
+    return tuple(d for d in digests if isinstance(d, str) and is_digest(d))

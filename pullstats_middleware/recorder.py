@@ -61,6 +61,7 @@ class Recorder:
         # repeats is folded (see _fold), so a busy key holds a few events, not one each.
         self._events: dict[tuple[str, str, str], list[Resolution | DigestFetch]] = {}
         self._event_count = 0
+        self._indexes: dict[tuple[str, str], tuple[str, ...]] = {}  # index -> its children
         # Which process recorded an event: within one process the order of a HEAD
         # and a GET is known exactly, so the store allows clock skew only between two.
         self._origin = uuid.uuid4().hex[:16]
@@ -145,6 +146,15 @@ class Recorder:
         elif self._thread is None:
             self._start()
 
+    def add_index(self, repository: str, digest: str, children: tuple[str, ...]) -> None:
+        """An image index seen in a response body, and the manifests it lists."""
+        key = (repository, digest)
+        with self._lock:
+            if key not in self._indexes and self._full():
+                self.dropped_events += 1
+                return
+            self._indexes[key] = children
+
     def add_excluded_pull(self) -> None:
         """A pull by a client PULL_METRICS_EXCLUDE names: counted here, nowhere else."""
         with self._lock:
@@ -152,7 +162,8 @@ class Recorder:
 
     def _full(self) -> bool:
         # Batches waiting for the store count too: memory stays under one cap.
-        held = len(self._tags) + len(self._manifests) + self._event_count + self._pending_keys
+        held = len(self._tags) + len(self._manifests) + len(self._indexes) + self._event_count
+        held += self._pending_keys
         return held >= self.max_keys
 
     def _drop(self) -> None:
@@ -208,9 +219,10 @@ class Recorder:
             tags, self._tags = self._tags, {}
             manifests, self._manifests = self._manifests, {}
             runs, self._events, self._event_count = self._events, {}, 0
+            indexes, self._indexes = self._indexes, {}
         events = [event for run in runs.values() for event in run]
         # Cut into batches outside the lock; dates are formatted there, not per pull.
-        batches = cut_batches(tags, manifests, events, self.batch_max_keys, self._origin)
+        batches = cut_batches(tags, manifests, events, self.batch_max_keys, self._origin, indexes)
         self._pending.extend(batches)
         with self._lock:
             self._pending_keys += sum(len(batch) for batch in batches)
@@ -289,7 +301,7 @@ class Recorder:
 
     def __len__(self) -> int:
         """Distinct keys buffered (not counting batches waiting for the store)."""
-        return len(self._tags) + len(self._manifests) + self._event_count
+        return len(self._tags) + len(self._manifests) + len(self._indexes) + self._event_count
 
     @property
     def pending_batches(self) -> int:

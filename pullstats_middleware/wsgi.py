@@ -131,7 +131,7 @@ class _WatchedBody:
     def __iter__(self) -> Iterator[bytes]:
         exchange = self._exchange
         for chunk in self._body:
-            if exchange.hashing:
+            if exchange.wants_body:
                 exchange.body(chunk)
             yield chunk
         exchange.finish()

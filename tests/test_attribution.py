@@ -144,3 +144,23 @@ def test_two_processes_pair_a_get_recorded_just_before_its_head(
     b.flush()
     a.flush()
     assert tag_count(a) == (1, 1)
+
+
+def test_platform_pull_with_the_index_cached_is_a_tag_pull(pair: tuple[Driver, Driver]) -> None:
+    """One client pulls the multi-arch tag (the index body teaches the middleware its
+    children); another, with the index cached, sends `HEAD latest` (the index digest)
+    and then GETs only its platform's image, on another process: a tag pull."""
+    a, b = pair
+    index = a.get("/v2/library/multi/manifests/latest")
+    arm64 = index.json()["manifests"][1]["digest"]
+    a.flush()
+    node = {"user_agent": "docker/20.10 --platform linux/arm64"}
+    assert b.head("/v2/library/multi/manifests/latest", **node).status == 200
+    assert a.get(f"/v2/library/multi/manifests/{arm64}", **node).status == 200
+    b.flush()
+    a.flush()
+    assert a.metrics is not None
+    stats = a.metrics.get_tag_statistics("library/multi", "latest")
+    assert stats["tag_pull_count"] == 2
+    assert stats["current_manifest_digest"] == index.headers["docker-content-digest"]
+    assert a.metrics.get_manifest_statistics("library/multi", arm64)["manifest_pull_count"] == 1

@@ -9,6 +9,7 @@ import pytest
 from pullstats_middleware.store import (
     Batch,
     DigestFetch,
+    IndexChildren,
     ManifestDelta,
     RedisStore,
     Resolution,
@@ -36,6 +37,8 @@ def apply(
             batch.tags.append(item)
         elif isinstance(item, ManifestDelta):
             batch.manifests.append(item)
+        elif isinstance(item, IndexChildren):
+            batch.indexes.append(item)
         else:
             batch.attribution_events.append(item)  # type: ignore[arg-type]
     return store.apply(batch, window=window, skew=skew)
@@ -155,3 +158,32 @@ def test_two_processes_pair_a_get_seemingly_before_its_head_within_the_skew(
     apply(store, DigestFetch("c", "r", D1, T0), origin="process-b")
     apply(store, Resolution("c", "r", "v1", D1, T0 + gap), origin="process-a")
     assert store.read_tag("r", "v1").pull_count == (1 if pairs else 0)
+
+
+def test_a_head_resolving_to_an_index_pairs_with_a_get_of_any_child(store: Store) -> None:
+    """`docker pull --platform linux/arm64` with the index cached: HEAD v1 answers the
+    index digest, then only the arm64 image is fetched. Counted once, as a tag pull."""
+    index, amd64, arm64 = D1, D2, "sha256:" + "3" * 64
+    apply(store, IndexChildren("r", index, (amd64, arm64)))
+    apply(store, Resolution("c", "r", "v1", index, T0), DigestFetch("c", "r", arm64, T0 + 1))
+    assert store.read_tag("r", "v1") == (1, iso_date(T0 + 1), index)  # the tag's digest: the index
+    apply(store, DigestFetch("c", "r", amd64, T0 + 2), DigestFetch("c", "r", index, T0 + 3))
+    assert store.read_tag("r", "v1").pull_count == 1  # the group was consumed at once
+    # the usual multi-arch pull: the index GET pairs, its child is a plain digest pull
+    apply(
+        store,
+        Resolution("d", "r", "v1", index, T0 + 10),
+        DigestFetch("d", "r", index, T0 + 11),
+        DigestFetch("d", "r", amd64, T0 + 12),
+    )
+    assert store.read_tag("r", "v1").pull_count == 2
+
+
+def test_a_child_get_recorded_just_before_the_index_head_pairs_across_processes(
+    store: Store,
+) -> None:
+    index, arm64 = D1, "sha256:" + "3" * 64
+    apply(store, IndexChildren("r", index, (D2, arm64)))
+    apply(store, DigestFetch("c", "r", arm64, T0), origin="process-b")
+    apply(store, Resolution("c", "r", "v1", index, T0 + 0.5), origin="process-a")
+    assert store.read_tag("r", "v1").pull_count == 1

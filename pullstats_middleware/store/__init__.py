@@ -3,6 +3,7 @@
 from pullstats_middleware.store.base import (
     Batch,
     DigestFetch,
+    IndexChildren,
     ManifestDelta,
     ManifestRecord,
     Resolution,
@@ -19,6 +20,7 @@ from pullstats_middleware.store.redis import RedisStore
 __all__ = [
     "Batch",
     "DigestFetch",
+    "IndexChildren",
     "ManifestDelta",
     "ManifestRecord",
     "MemoryStore",

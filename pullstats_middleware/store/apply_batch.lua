@@ -9,15 +9,19 @@
 -- KEYS[1]               batch marker
 -- KEYS[2 .. 1+nt]       tag hashes        ARGV: count, date, digest
 -- KEYS[.. +nm]          manifest hashes   ARGV: count, date
--- KEYS[.. +2*ne]        per attribution event: resolution key, unclaimed key
---                                         ARGV: kind ('h'|'g'), ts, date, repo, tag, digest
+-- KEYS[.. +ni]          index relations   ARGV: children, space-separated
+-- KEYS[.. +3*ne]        per attribution event: resolution key, unclaimed key, index key
+--                                         ARGV: kind ('h'|'g'), ts, date, repo, tag, digest,
+--                                               client hash
 -- ARGV[1..6]            marker ttl, nt, nm, ne, window, clock skew
--- ARGV[7]               key prefix (to name the tag hash an event bumps)
--- ARGV[8]               origin: the process that recorded the batch
+-- ARGV[7..10]           key prefix, origin (the recording process), ni, index ttl
 --
--- A resolution holds "ts origin tag", an unclaimed GET "ts origin date". A GET
--- may seem to precede its HEAD by up to the clock skew only when two processes
--- recorded them; one process knows their order exactly.
+-- A resolution holds "ts origin tag index", an unclaimed GET "ts origin date".
+-- `index` is the digest a HEAD resolved to when it is an image index whose
+-- children are known ('-' otherwise): the HEAD then waits under the index and
+-- under each child, and the first GET of any of them consumes all, so a pull is
+-- counted once. A GET may seem to precede its HEAD by up to the clock skew only
+-- when two processes recorded them; one process knows their order exactly.
 
 local marker = KEYS[1]
 if redis.call('EXISTS', marker) == 1 then
@@ -26,7 +30,8 @@ end
 redis.call('SET', marker, '1', 'EX', ARGV[1])
 
 local nt, nm, ne = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local window, skew, prefix, origin = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], ARGV[8]
+local window, skew = tonumber(ARGV[5]), tonumber(ARGV[6])
+local prefix, origin, ni, index_ttl = ARGV[7], ARGV[8], tonumber(ARGV[9]), ARGV[10]
 local skipped = {}
 
 -- Returns the current count, or nil (and records the key) when the key holds
@@ -64,22 +69,30 @@ local function bump(key, n, date, digest)
   end
 end
 
--- "ts origin rest" -> ts, the allowed skew against this batch's origin, rest
+local function words(text)
+  local out = {}
+  for word in string.gmatch(text or '', '%S+') do table.insert(out, word) end
+  return out
+end
+
+-- "ts origin rest..." -> ts, the skew allowed against this batch's origin, rest words
 local function parse(value)
-  if not value then return nil end
-  local s1 = string.find(value, ' ', 1, true)
-  local s2 = s1 and string.find(value, ' ', s1 + 1, true)
-  if not s2 then return nil end
+  local w = words(value)
+  if #w < 3 then return nil end
   local allowed = skew
-  if string.sub(value, s1 + 1, s2 - 1) == origin then allowed = 0 end
-  return tonumber(string.sub(value, 1, s1 - 1)), allowed, string.sub(value, s2 + 1)
+  if w[2] == origin then allowed = 0 end
+  return tonumber(w[1]), allowed, w[3], w[4]
 end
 
 local function pairs_with(head_ts, get_ts, allowed)
   return head_ts and get_ts and head_ts - allowed <= get_ts and get_ts <= head_ts + window
 end
 
-local a = 9
+local function pairing_key(family, client, repo, digest)
+  return prefix .. '/' .. family .. '/' .. client .. '/' .. repo .. '/' .. digest
+end
+
+local a = 11
 local k = 2
 for _ = 1, nt do
   bump(KEYS[k], tonumber(ARGV[a]), ARGV[a + 1], ARGV[a + 2])
@@ -89,31 +102,61 @@ for _ = 1, nm do
   bump(KEYS[k], tonumber(ARGV[a]), ARGV[a + 1], nil)
   k, a = k + 1, a + 2
 end
+for _ = 1, ni do
+  redis.call('SET', KEYS[k], ARGV[a], 'EX', index_ttl)
+  k, a = k + 1, a + 1
+end
 
 -- Attribution: whichever of the HEAD and the GET lands second makes the pair.
 local ttl = math.ceil(window + skew)
 for _ = 1, ne do
-  local rkey, ukey = KEYS[k], KEYS[k + 1]
+  local rkey, ukey, ikey = KEYS[k], KEYS[k + 1], KEYS[k + 2]
   local kind, ts, date = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2]
-  local repo, tag, digest = ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
+  local repo, tag, digest, client = ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6]
   if kind == 'g' then
-    local head_ts, allowed, head_tag = parse(redis.call('GET', rkey))
+    local head_ts, allowed, head_tag, index = parse(redis.call('GET', rkey))
     if pairs_with(head_ts, ts, allowed) then
+      if index and index ~= '-' then
+        -- the whole group waits no more: the index and every child it lists
+        local group = words(redis.call('GET', prefix .. '/index/' .. repo .. '/' .. index))
+        table.insert(group, index)
+        for _, member in ipairs(group) do
+          redis.call('DEL', pairing_key('resolution', client, repo, member))
+        end
+      else
+        index = digest
+      end
       redis.call('DEL', rkey)
-      bump(prefix .. '/tag/' .. repo .. '/' .. head_tag, 1, date, digest)
+      bump(prefix .. '/tag/' .. repo .. '/' .. head_tag, 1, date, index)
     else
       redis.call('SET', ukey, ARGV[a + 1] .. ' ' .. origin .. ' ' .. date, 'EX', ttl, 'NX')
     end
   else
-    local get_ts, allowed, get_date = parse(redis.call('GET', ukey))
-    if pairs_with(ts, get_ts, allowed) then
-      redis.call('DEL', ukey)
-      bump(prefix .. '/tag/' .. repo .. '/' .. tag, 1, get_date, digest)
-    else
-      redis.call('SET', rkey, ARGV[a + 1] .. ' ' .. origin .. ' ' .. tag, 'EX', ttl)
+    local children = words(redis.call('GET', ikey))
+    local paired = false
+    -- A GET already waiting (recorded by another process): of the digest, or of a child.
+    for n = 0, #children do
+      local waiting = ukey
+      if n > 0 then waiting = pairing_key('unclaimed', client, repo, children[n]) end
+      local get_ts, allowed, get_date = parse(redis.call('GET', waiting))
+      if pairs_with(ts, get_ts, allowed) then
+        redis.call('DEL', waiting)
+        bump(prefix .. '/tag/' .. repo .. '/' .. tag, 1, get_date, digest)
+        paired = true
+        break
+      end
+    end
+    if not paired then
+      local index = '-'
+      if #children > 0 then index = digest end
+      local value = ARGV[a + 1] .. ' ' .. origin .. ' ' .. tag .. ' ' .. index
+      redis.call('SET', rkey, value, 'EX', ttl)
+      for _, child in ipairs(children) do
+        redis.call('SET', pairing_key('resolution', client, repo, child), value, 'EX', ttl)
+      end
     end
   end
-  k, a = k + 2, a + 6
+  k, a = k + 3, a + 7
 end
 
 return {1, unpack(skipped)}

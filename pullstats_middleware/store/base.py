@@ -56,17 +56,30 @@ class DigestFetch(NamedTuple):
     ts: float
 
 
+class IndexChildren(NamedTuple):
+    """An image index (or manifest list) and the manifests it lists, as seen in its body:
+    a HEAD that resolves a tag to the index also pairs with a GET of any of them
+    (`docker pull --platform` with the index cached fetches only the child)."""
+
+    repository: str
+    digest: str
+    children: tuple[str, ...]
+
+
 @dataclass(slots=True)
 class Batch:
     id: str
     origin: str = ""  # the recording process (pairing allows clock skew only between two)
     tags: list[TagDelta] = field(default_factory=list)
     manifests: list[ManifestDelta] = field(default_factory=list)
+    indexes: list[IndexChildren] = field(default_factory=list)  # applied before the events
     # The two kinds of attribution event, in the order they happened in one process.
     attribution_events: list[Resolution | DigestFetch] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.tags) + len(self.manifests) + len(self.attribution_events)
+        return (
+            len(self.tags) + len(self.manifests) + len(self.indexes) + len(self.attribution_events)
+        )
 
 
 def cut_batches(
@@ -75,6 +88,7 @@ def cut_batches(
     events: list[Resolution | DigestFetch],
     size: int,
     origin: str = "",
+    indexes: dict[tuple[str, str], tuple[str, ...]] | None = None,
 ) -> list[Batch]:
     """The recorder's buffer (`[count, ts, digest]` per tag, `[count, ts]` per
     manifest), cut into batches of at most `size` keys, each with a new id."""
@@ -89,6 +103,8 @@ def cut_batches(
         room().tags.append(TagDelta(repo, tag, count, iso_date(ts), digest))
     for (repo, digest), (count, ts) in manifests.items():
         room().manifests.append(ManifestDelta(repo, digest, int(count), iso_date(ts)))
+    for (repo, digest), children in (indexes or {}).items():
+        room().indexes.append(IndexChildren(repo, digest, children))
     for event in events:
         room().attribution_events.append(event)
     return [batch for batch in batches if len(batch)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 from pullstats_middleware.store.base import (
     NEVER_PULLED_MANIFEST,
@@ -16,6 +17,7 @@ from pullstats_middleware.store.base import (
     Batch,
     DigestFetch,
     ManifestRecord,
+    Resolution,
     TagRecord,
     iso_date,
 )
@@ -25,23 +27,23 @@ _Key = tuple[str, str, str]
 
 
 class MemoryStore:
-    def __init__(self, *, batch_ttl: float = 3600.0) -> None:
+    def __init__(self, *, batch_ttl: float = 3600.0, index_ttl: float = 7 * 24 * 3600) -> None:
         self._lock = threading.Lock()
         self._tags: dict[tuple[str, str], TagRecord] = {}
         self._manifests: dict[tuple[str, str], ManifestRecord] = {}
         self._applied: dict[str, float] = {}  # batch id -> expiry
         # Both expire window + skew after they were written, like Redis EX.
-        # HEAD ts, origin, tag, expiry / GET ts, origin, date, expiry
-        self._resolutions: dict[_Key, tuple[float, str, str, float]] = {}
+        # HEAD ts, origin, tag, index ("-": none), expiry / GET ts, origin, date, expiry
+        self._resolutions: dict[_Key, tuple[float, str, str, str, float]] = {}
         self._unclaimed: dict[_Key, tuple[float, str, str, float]] = {}
+        self._indexes: dict[tuple[str, str], tuple[tuple[str, ...], float]] = {}
         self._batch_ttl = batch_ttl
+        self._index_ttl = index_ttl
 
     def apply(self, batch: Batch, *, window: float, skew: float) -> list[str]:
         now = time.time()
-        origin = batch.origin
         with self._lock:
             self._expire(now)
-            expiry = now + window + skew
             if batch.id in self._applied:
                 return []
             self._applied[batch.id] = now + self._batch_ttl
@@ -55,28 +57,52 @@ class MemoryStore:
                 self._manifests[(m.repository, m.digest)] = ManifestRecord(
                     old.pull_count + m.pulls, date
                 )
+            for index in batch.indexes:
+                expiry = now + self._index_ttl
+                self._indexes[(index.repository, index.digest)] = (index.children, expiry)
             for event in batch.attribution_events:
-                key = (event.client, event.repository, event.digest)
                 if isinstance(event, DigestFetch):
-                    found = self._resolutions.get(key)
-                    allowed = 0.0 if found is not None and found[1] == origin else skew
-                    if found is not None and pairs(found[0], event.ts, window, allowed):
-                        del self._resolutions[key]
-                        self._bump_tag(
-                            event.repository, found[2], 1, iso_date(event.ts), event.digest
-                        )
-                    else:
-                        unclaimed = (event.ts, origin, iso_date(event.ts), expiry)
-                        self._unclaimed.setdefault(key, unclaimed)
+                    self._fetched(event, batch.origin, now + window + skew, window, skew)
                 else:
-                    claimed = self._unclaimed.get(key)
-                    allowed = 0.0 if claimed is not None and claimed[1] == origin else skew
-                    if claimed is not None and pairs(event.ts, claimed[0], window, allowed):
-                        del self._unclaimed[key]
-                        self._bump_tag(event.repository, event.tag, 1, claimed[2], event.digest)
-                    else:
-                        self._resolutions[key] = (event.ts, origin, event.tag, expiry)
+                    self._resolved(event, batch.origin, now + window + skew, window, skew)
         return []
+
+    def _children(self, repository: str, digest: str) -> tuple[str, ...]:
+        return self._indexes.get((repository, digest), ((), 0.0))[0]
+
+    def _fetched(
+        self, event: DigestFetch, origin: str, expiry: float, window: float, skew: float
+    ) -> None:
+        key = (event.client, event.repository, event.digest)
+        found = self._resolutions.get(key)
+        allowed = 0.0 if found is not None and found[1] == origin else skew
+        if found is None or not pairs(found[0], event.ts, window, allowed):
+            unclaimed = (event.ts, origin, iso_date(event.ts), expiry)
+            self._unclaimed.setdefault(key, unclaimed)
+            return
+        index = found[3]
+        if index != "-":  # the whole group waits no more: the index and its children
+            for member in (*self._children(event.repository, index), index):
+                self._resolutions.pop((event.client, event.repository, member), None)
+        self._resolutions.pop(key, None)
+        digest = event.digest if index == "-" else index
+        self._bump_tag(event.repository, found[2], 1, iso_date(event.ts), digest)
+
+    def _resolved(
+        self, event: Resolution, origin: str, expiry: float, window: float, skew: float
+    ) -> None:
+        children = self._children(event.repository, event.digest)
+        for member in (event.digest, *children):  # a GET already waiting, of either
+            key = (event.client, event.repository, member)
+            claimed = self._unclaimed.get(key)
+            allowed = 0.0 if claimed is not None and claimed[1] == origin else skew
+            if claimed is not None and pairs(event.ts, claimed[0], window, allowed):
+                del self._unclaimed[key]
+                self._bump_tag(event.repository, event.tag, 1, claimed[2], event.digest)
+                return
+        value = (event.ts, origin, event.tag, event.digest if children else "-", expiry)
+        for member in (event.digest, *children):
+            self._resolutions[(event.client, event.repository, member)] = value
 
     def _bump_tag(self, repository: str, tag: str, count: int, date: str, digest: str) -> None:
         old = self._tags.get((repository, tag), NEVER_PULLED_TAG)
@@ -88,8 +114,13 @@ class MemoryStore:
 
     def _expire(self, now: float) -> None:
         # Cheap enough at batch rate; Redis does the same with EX.
-        for table in (self._resolutions, self._unclaimed):
-            for key in [k for k, entry in table.items() if entry[3] < now]:
+        tables: tuple[dict[Any, tuple[Any, ...]], ...] = (
+            self._resolutions,
+            self._unclaimed,
+            self._indexes,
+        )
+        for table in tables:
+            for key in [k for k, entry in table.items() if entry[-1] < now]:
                 del table[key]
         for batch_id in [b for b, expiry in self._applied.items() if expiry < now]:
             del self._applied[batch_id]

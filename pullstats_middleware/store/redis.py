@@ -21,14 +21,18 @@ from pullstats_middleware.store.base import (
 if TYPE_CHECKING:
     import redis
 
+# How long an index's list of children is kept after it was last seen: an index
+# is immutable, and a tag pulled less often than this gets its index GET again.
+INDEX_TTL = 7 * 24 * 3600
 _SCRIPT = files("pullstats_middleware.store").joinpath("apply_batch.lua").read_text()
 
 
 class RedisStore:
     """`{prefix}/tag/{repo}/{tag}` and `{prefix}/manifest/{repo}/{digest}` hashes.
 
-    Everything else lives under `{prefix}/batch/`, `{prefix}/resolution/` and
-    `{prefix}/unclaimed/`, which cannot collide with the two families above.
+    Everything else lives under `{prefix}/batch/`, `{prefix}/resolution/`,
+    `{prefix}/unclaimed/` and `{prefix}/index/`, which cannot collide with the two
+    families above.
     """
 
     def __init__(
@@ -46,6 +50,9 @@ class RedisStore:
     def manifest_key(self, repository: str, digest: str) -> str:
         return f"{self.prefix}/manifest/{repository}/{digest}"
 
+    def index_key(self, repository: str, digest: str) -> str:
+        return f"{self.prefix}/index/{repository}/{digest}"
+
     def apply(self, batch: Batch, *, window: float, skew: float) -> list[str]:
         p = self.prefix
         keys = [f"{p}/batch/{batch.id}"]
@@ -58,6 +65,8 @@ class RedisStore:
             skew,
             p,
             batch.origin or "-",
+            len(batch.indexes),
+            INDEX_TTL,
         ]
         for t in batch.tags:
             keys.append(self.tag_key(t.repository, t.tag))
@@ -65,13 +74,18 @@ class RedisStore:
         for m in batch.manifests:
             keys.append(self.manifest_key(m.repository, m.digest))
             args += (m.pulls, m.date)
+        for index in batch.indexes:
+            keys.append(self.index_key(index.repository, index.digest))
+            args.append(" ".join(index.children))
         for e in batch.attribution_events:
-            tail = f"{client_key(e.client)}/{e.repository}/{e.digest}"
+            client = client_key(e.client)
+            tail = f"{client}/{e.repository}/{e.digest}"
             keys += (f"{p}/resolution/{tail}", f"{p}/unclaimed/{tail}")
+            keys.append(self.index_key(e.repository, e.digest))
             if isinstance(e, DigestFetch):
-                args += ("g", repr(e.ts), iso_date(e.ts), e.repository, "", e.digest)
+                args += ("g", repr(e.ts), iso_date(e.ts), e.repository, "", e.digest, client)
             else:
-                args += ("h", repr(e.ts), iso_date(e.ts), e.repository, e.tag, e.digest)
+                args += ("h", repr(e.ts), iso_date(e.ts), e.repository, e.tag, e.digest, client)
         reply = self._apply(keys=keys, args=args)
         if not isinstance(reply, list) or not reply:
             raise StoreDataError(f"unexpected reply from the batch script: {reply!r}")
