@@ -36,7 +36,7 @@ class Recorder:
         flush_interval: float = 1.0,
         max_keys: int = 100_000,
         batch_max_keys: int = 1_000,
-        window: float = 30.0,
+        window: float = 10.0,
         clock_skew: float = 1.0,
     ) -> None:
         self.store = store

@@ -18,7 +18,7 @@ def test_defaults() -> None:
     assert config.redis is None
     assert config.key_prefix == "pull_metrics"
     assert config.auth == "registry"
-    assert config.resolution_window == 30.0
+    assert config.resolution_window == 10.0
 
 
 def test_seed_keys_from_a_mapping() -> None:

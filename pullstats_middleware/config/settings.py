@@ -96,7 +96,7 @@ class PullStatsConfig:
         default=5.0, metadata=_key("PULL_METRICS_SHUTDOWN_TIMEOUT", "seconds to flush at shutdown")
     )
     resolution_window: float = field(
-        default=30.0,
+        default=10.0,
         metadata=_key(
             "PULL_METRICS_RESOLUTION_WINDOW",
             "seconds a HEAD by tag waits for its GET by digest (containerd)",
