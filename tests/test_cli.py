@@ -615,3 +615,12 @@ def test_demo_ignores_forwarded_for_without_trusted_proxies(tmp_path: Path) -> N
     finally:
         demo.stop()
     assert stats["tag_pull_count"] == 1  # one client: the header was not believed
+
+
+def test_a_config_file_that_is_not_utf8_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_bytes(b"PULL_METRICS_AUTH: caf\xe9\n")
+    code, _, err = run(["stats", "library/hello:v1", "--config", str(path)], capsys)
+    assert_one_line_error(code, err, str(path), "is not UTF-8")
