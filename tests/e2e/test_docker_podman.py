@@ -1,14 +1,14 @@
 """docker (20.10, a private dockerd) and podman (4.3) pulling through `pullstats proxy`,
 with the exact count expected after every step.
 
-What they send, as seen here: docker resolves a tag with `HEAD …/manifests/TAG`
-and then GETs the digest (as containerd does); a repeat `docker pull` of an image
-it has only HEADs. (So docker's images are removed together with the manifests
-its containerd caches: docker 20.10 HEADs the tag, finds the manifest in that
-cache and skips the GET, until containerd collects it.) podman GETs the manifest by tag on every pull. A pull by
+What they send, as seen here: docker resolves a tag with `HEAD …/manifests/TAG` and then
+GETs the digest (as containerd does); a repeat `docker pull` of an image it has only
+HEADs. (So docker's images are removed together with the manifests its containerd
+caches: docker 20.10 HEADs the tag, finds the manifest in that cache and skips the GET,
+until containerd collects it.) podman GETs the manifest by tag on every pull. A pull by
 digest is a GET by digest. For a multi-arch tag both GET the index, then their
-platform's image; `docker pull --platform` with the index cached skips the index
-GET: its HEAD answers the index digest, its GET asks for the platform image.
+platform's image; `docker pull --platform` with the index cached skips the index GET:
+its HEAD answers the index digest, its GET asks for the platform image.
 """
 
 from __future__ import annotations
