@@ -5,12 +5,14 @@ from __future__ import annotations
 import atexit
 import logging
 import weakref
-from typing import Any
+from typing import Any, cast
 
 from pullstats_middleware.config import PullStatsConfig
+from pullstats_middleware.durable import Database, Flusher, FlusherThread, Merged, merged
 from pullstats_middleware.matchers import validate_digest, validate_repository, validate_tag
 from pullstats_middleware.recorder import Recorder
 from pullstats_middleware.store import MemoryStore, RedisStore, Store
+from pullstats_middleware.store.pending import ClaimStore, RecordKey
 
 log = logging.getLogger("pullstats_middleware")
 
@@ -27,16 +29,27 @@ class PullMetrics:
 
     def __init__(self, config: PullStatsConfig | None = None, *, store: Store | None = None):
         self.config = config = config or PullStatsConfig()
+        durable = config.database is not None
         if store is None:
             if config.redis is not None:
-                store = RedisStore(config.redis.client(), prefix=config.key_prefix)
+                client = config.redis.client()
+                store = RedisStore(client, prefix=config.key_prefix, durable=durable)
             else:
                 log.warning(
                     "pull statistics: no PULL_METRICS_REDIS or USER_EVENTS_REDIS configured; "
                     "counting in process memory (lost on exit, not shared between processes)"
                 )
-                store = MemoryStore()
+                store = MemoryStore(durable=durable)
+        elif durable and isinstance(store, (RedisStore, MemoryStore)):
+            store.durable = True  # Redis then holds only what is not yet flushed
         self.store = store
+        self.database: Database | None = None
+        self.flusher: FlusherThread | None = None
+        if config.database is not None:
+            self.database = Database(config.database)
+            if config.embedded_flusher:
+                flusher = Flusher(cast(ClaimStore, store), self.database)
+                self.flusher = FlusherThread(flusher, config.database_flush_interval).start()
         self.recorder = Recorder(
             store,
             flush_interval=config.flush_interval,
@@ -84,9 +97,9 @@ class PullMetrics:
         """The tag's counts; `current_digest` (what the tag points to now, when the
         registry told us) overrides the digest of the tag's last pull."""
         _check(validate_repository(repository) or validate_tag(tag))
-        record = self.store.read_tag(repository, tag)
+        record = self._read(RecordKey("tag", repository, tag))
         digest = current_digest or record.current_manifest_digest
-        manifest = self.store.read_manifest(repository, digest) if digest else None
+        manifest = self._read(RecordKey("manifest", repository, digest)) if digest else None
         return {
             "tag_name": tag,
             "tag_pull_count": record.pull_count,
@@ -98,12 +111,20 @@ class PullMetrics:
 
     def get_manifest_statistics(self, repository: str, digest: str) -> dict[str, Any]:
         _check(validate_repository(repository) or validate_digest(digest))
-        record = self.store.read_manifest(repository, digest)
+        record = self._read(RecordKey("manifest", repository, digest))
         return {
             "manifest_digest": digest,
             "manifest_pull_count": record.pull_count,
             "last_manifest_pull_date": record.last_pull_date,
         }
+
+    def _read(self, key: RecordKey) -> Merged:
+        """Without a database, the store's record; with one, SQL plus what the store holds."""
+        if self.database is None:
+            if key.kind == "tag":
+                return Merged(*self.store.read_tag(key.repository, key.name))
+            return Merged(*self.store.read_manifest(key.repository, key.name), None)
+        return merged(cast(ClaimStore, self.store), self.database, [key])[key]
 
     def health(self) -> dict[str, int]:
         """Counters to export to monitoring: pulls dropped at the buffer cap, HEAD/GET
@@ -131,6 +152,10 @@ class PullMetrics:
             return True
         self._closed = True
         flushed = self.recorder.close(self.config.shutdown_timeout if timeout is None else timeout)
+        if self.flusher is not None:
+            self.flusher.stop()
+        if self.database is not None:
+            self.database.close()
         self.store.close()
         return flushed
 

@@ -55,8 +55,10 @@ class Recorder:
 
     def _reset(self) -> None:
         self._lock = threading.Lock()
-        self._tags: dict[tuple[str, str], list[Any]] = {}  # -> [count, ts, digest]
-        self._manifests: dict[tuple[str, str], list[float]] = {}  # -> [count, ts]
+        # Keyed by UTC day too, so a count never straddles midnight: daily history
+        # stays exact however long the store is away.
+        self._tags: dict[tuple[str, str, int], list[Any]] = {}  # -> [count, ts, digest]
+        self._manifests: dict[tuple[str, str, int], list[float]] = {}  # -> [count, ts]
         # Attribution events per (client, repository, digest), in order; a run of
         # repeats is folded (see _fold), so a busy key holds a few events, not one each.
         self._events: dict[tuple[str, str, str], list[Resolution | DigestFetch]] = {}
@@ -79,8 +81,9 @@ class Recorder:
 
     def add_tag_pull(self, repository: str, tag: str, digest: str) -> None:
         now = _now()
-        tag_key = (repository, tag)
-        manifest_key = (repository, digest)
+        day = int(now // 86400)
+        tag_key = (repository, tag, day)
+        manifest_key = (repository, digest, day)
         with self._lock:
             entry = self._tags.get(tag_key)
             if entry is not None:
@@ -105,7 +108,7 @@ class Recorder:
 
     def add_manifest_pull(self, repository: str, digest: str, now: float | None = None) -> None:
         now = _now() if now is None else now
-        key = (repository, digest)
+        key = (repository, digest, int(now // 86400))
         with self._lock:
             counter = self._manifests.get(key)
             if counter is not None:

@@ -8,6 +8,7 @@ import os
 import selectors
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -199,14 +200,15 @@ def test_attribution_events_coalesce_and_known_keys_count_at_the_cap(server: Red
     metrics.track_manifest_pull("org/app", D)  # the digest is a known key
     for i in range(95):
         metrics.track_manifest_pull("org/app", digest(i + 1))
+    now = time.time() // 86400 * 86400 + 43200  # noon today: a key is known per UTC day
     for n in range(100):
-        recorder.add_attribution_event(DigestFetch("node-1", "org/app", D, 1000.0 + n))
+        recorder.add_attribution_event(DigestFetch("node-1", "org/app", D, now + n / 1e4))
     for n in range(150):
-        recorder.add_attribution_event(Resolution("node-2", "org/app", "v1", D, 2000.0 + n))
+        recorder.add_attribution_event(Resolution("node-2", "org/app", "v1", D, now + n / 1e4))
     assert len(recorder) == 100  # 96 manifests, 2 GETs and 2 HEADs: the cap, not 346 slots
     assert metrics.health()["dropped_pulls"] == 0
     for n in range(10):  # a new client's HEAD at the cap: an event dropped, not a pull
-        recorder.add_attribution_event(Resolution(f"node-{n + 3}", "org/app", "v1", D, 3000.0))
+        recorder.add_attribution_event(Resolution(f"node-{n + 3}", "org/app", "v1", D, now))
     assert metrics.health()["dropped_pulls"] == 0
     assert metrics.health()["dropped_attribution_events"] == 10
     server.start()

@@ -21,6 +21,7 @@ from pullstats_middleware.config.values import (
     IPNetwork,
     auth_mode,
     boolean,
+    database_url,
     integer,
     networks,
     seconds,
@@ -118,6 +119,29 @@ class PullStatsConfig:
         ),
     )
 
+    database: str | None = field(
+        default=None,
+        metadata=_key(
+            "PULL_METRICS_DATABASE",
+            "an SQLAlchemy URL (sqlite:///pullstats.db, postgresql+psycopg://...): counts that "
+            "outlive Redis; Redis then holds only what is not yet flushed there",
+            reading=True,
+        ),
+    )
+    database_flush_interval: float = field(
+        default=10.0,
+        metadata=_key(
+            "PULL_METRICS_DATABASE_FLUSH_INTERVAL", "seconds between flushes from Redis to SQL"
+        ),
+    )
+    embedded_flusher: bool = field(
+        default=True,
+        metadata=_key(
+            "PULL_METRICS_EMBEDDED_FLUSHER",
+            "with a database: each serving process flushes in a thread of its own; false when "
+            "a separate `pullstats flush` process does it",
+        ),
+    )
     exclude: tuple[ExcludeRule, ...] = field(
         default=(),
         metadata=_key(
@@ -131,9 +155,17 @@ class PullStatsConfig:
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise in place, once
         set_(self, "enabled", boolean(key_of("enabled"), self.enabled))
+        set_(self, "embedded_flusher", boolean(key_of("embedded_flusher"), self.embedded_flusher))
+        if self.database is not None:
+            set_(self, "database", database_url(key_of("database"), self.database))
         if self.redis is not None:
             set_(self, "redis", RedisSettings.parse(key_of("redis"), self.redis))
-        for name in ("flush_interval", "shutdown_timeout", "resolution_window"):
+        for name in (
+            "flush_interval",
+            "shutdown_timeout",
+            "resolution_window",
+            "database_flush_interval",
+        ):
             set_(self, name, seconds(key_of(name), getattr(self, name)))
         set_(self, "clock_skew", seconds(key_of("clock_skew"), self.clock_skew, zero=True))
         for name in ("buffer_max_keys", "batch_max_keys", "max_manifest_bytes"):

@@ -66,6 +66,18 @@ def auth_mode(key: str, value: Any) -> str | Callable[..., Any]:
     )
 
 
+def database_url(key: str, value: Any) -> str:
+    """An SQLAlchemy URL of a database the durable store supports."""
+    if not isinstance(value, str) or "://" not in value:
+        raise ConfigError(
+            f"{key} must be an SQLAlchemy URL like sqlite:///pullstats.db, got {value!r}"
+        )
+    backend = value.split("://", 1)[0].split("+", 1)[0]
+    if backend not in ("sqlite", "postgresql"):
+        raise ConfigError(f"{key} must name sqlite or postgresql, got {backend!r}")
+    return value
+
+
 def host_ports(key: str, value: Any) -> tuple[tuple[str, int], ...]:
     """`["host:port", ...]`, `[[host, port], ...]` or `"host:port,host:port"`."""
     items = value.split(",") if isinstance(value, str) else value

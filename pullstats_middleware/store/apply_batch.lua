@@ -15,6 +15,9 @@
 --                                               client hash
 -- ARGV[1..6]            marker ttl, nt, nm, ne, window, clock skew
 -- ARGV[7..10]           key prefix, origin (the recording process), ni, index ttl
+-- ARGV[11]              '1' with a database: every hash also counts per UTC day
+--                       ('d:YYYY-MM-DD') and is added to the {prefix}/dirty set
+--                       the flush worker claims from
 --
 -- A resolution holds "ts origin tag index", an unclaimed GET "ts origin date".
 -- `index` is the digest a HEAD resolved to when it is an image index whose
@@ -32,6 +35,7 @@ redis.call('SET', marker, '1', 'EX', ARGV[1])
 local nt, nm, ne = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local window, skew = tonumber(ARGV[5]), tonumber(ARGV[6])
 local prefix, origin, ni, index_ttl = ARGV[7], ARGV[8], tonumber(ARGV[9]), ARGV[10]
+local durable = ARGV[11] == '1'
 local skipped = {}
 
 -- Returns the current count, or nil (and records the key) when the key holds
@@ -56,6 +60,10 @@ end
 local function bump(key, n, date, digest)
   local count, last = current(key)
   if count == nil then return end
+  if durable then
+    redis.call('HINCRBY', key, 'd:' .. string.sub(date, 1, 10), n)
+    redis.call('SADD', prefix .. '/dirty', key)
+  end
   local total = string.format('%d', count + n)
   if not last or date >= last then
     if digest then
@@ -92,7 +100,7 @@ local function pairing_key(family, client, repo, digest)
   return prefix .. '/' .. family .. '/' .. client .. '/' .. repo .. '/' .. digest
 end
 
-local a = 11
+local a = 12
 local k = 2
 for _ = 1, nt do
   bump(KEYS[k], tonumber(ARGV[a]), ARGV[a + 1], ARGV[a + 2])

@@ -83,8 +83,8 @@ class Batch:
 
 
 def cut_batches(
-    tags: dict[tuple[str, str], list[Any]],
-    manifests: dict[tuple[str, str], list[float]],
+    tags: dict[tuple[str, str, int], list[Any]],
+    manifests: dict[tuple[str, str, int], list[float]],
     events: list[Resolution | DigestFetch],
     size: int,
     origin: str = "",
@@ -99,9 +99,9 @@ def cut_batches(
             batches.append(Batch(uuid.uuid4().hex, origin))
         return batches[-1]
 
-    for (repo, tag), (count, ts, digest) in tags.items():
+    for (repo, tag, _day), (count, ts, digest) in tags.items():
         room().tags.append(TagDelta(repo, tag, count, iso_date(ts), digest))
-    for (repo, digest), (count, ts) in manifests.items():
+    for (repo, digest, _day), (count, ts) in manifests.items():
         room().manifests.append(ManifestDelta(repo, digest, int(count), iso_date(ts)))
     for (repo, digest), children in (indexes or {}).items():
         room().indexes.append(IndexChildren(repo, digest, children))

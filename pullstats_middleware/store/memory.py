@@ -22,12 +22,19 @@ from pullstats_middleware.store.base import (
     iso_date,
 )
 from pullstats_middleware.store.pairing import pairs
+from pullstats_middleware.store.pending import Claim, Delta, Pending, RecordKey
 
 _Key = tuple[str, str, str]
 
 
 class MemoryStore:
-    def __init__(self, *, batch_ttl: float = 3600.0, index_ttl: float = 7 * 24 * 3600) -> None:
+    def __init__(
+        self,
+        *,
+        batch_ttl: float = 3600.0,
+        index_ttl: float = 7 * 24 * 3600,
+        durable: bool = False,
+    ) -> None:
         self._lock = threading.Lock()
         self._tags: dict[tuple[str, str], TagRecord] = {}
         self._manifests: dict[tuple[str, str], ManifestRecord] = {}
@@ -39,6 +46,11 @@ class MemoryStore:
         self._indexes: dict[tuple[str, str], tuple[tuple[str, ...], float]] = {}
         self._batch_ttl = batch_ttl
         self._index_ttl = index_ttl
+        # With a database, as in Redis: pulls per UTC day, and what the flusher must claim.
+        self.durable = durable
+        self._days: dict[RecordKey, dict[str, int]] = {}
+        self._dirty: set[RecordKey] = set()
+        self._claims: dict[str, list[Delta]] = {}
 
     def apply(self, batch: Batch, *, window: float, skew: float) -> list[str]:
         now = time.time()
@@ -57,6 +69,7 @@ class MemoryStore:
                 self._manifests[(m.repository, m.digest)] = ManifestRecord(
                     old.pull_count + m.pulls, date
                 )
+                self._count_day(RecordKey("manifest", m.repository, m.digest), m.pulls, m.date)
             for index in batch.indexes:
                 expiry = now + self._index_ttl
                 self._indexes[(index.repository, index.digest)] = (index.children, expiry)
@@ -111,6 +124,13 @@ class MemoryStore:
         else:
             new = old._replace(pull_count=old.pull_count + count)
         self._tags[(repository, tag)] = new
+        self._count_day(RecordKey("tag", repository, tag), count, date)
+
+    def _count_day(self, key: RecordKey, count: int, date: str) -> None:
+        if self.durable:
+            days = self._days.setdefault(key, {})
+            days[date[:10]] = days.get(date[:10], 0) + count
+            self._dirty.add(key)
 
     def _expire(self, now: float) -> None:
         # Cheap enough at batch rate; Redis does the same with EX.
@@ -124,6 +144,50 @@ class MemoryStore:
                 del table[key]
         for batch_id in [b for b, expiry in self._applied.items() if expiry < now]:
             del self._applied[batch_id]
+
+    # -- the flush worker's side (with a database), as claim.lua and pending.lua --
+
+    def _live(self, key: RecordKey) -> Delta | None:
+        if key.kind == "tag":
+            tag = self._tags.get((key.repository, key.name))
+            if tag is None:
+                return None
+            return Delta(key, tag.pull_count, tag.last_pull_date, tag.current_manifest_digest,
+                         dict(self._days.get(key, {})))  # fmt: skip
+        manifest = self._manifests.get((key.repository, key.name))
+        if manifest is None:
+            return None
+        days = dict(self._days.get(key, {}))
+        return Delta(key, manifest.pull_count, manifest.last_pull_date, None, days)
+
+    def claim(self, claim_id: str, limit: int) -> Claim:
+        with self._lock:
+            taken = [self._dirty.pop() for _ in range(min(limit, len(self._dirty)))]
+            deltas = [delta for key in taken if (delta := self._live(key)) is not None]
+            for key in taken:
+                table: dict[Any, Any] = self._tags if key.kind == "tag" else self._manifests
+                table.pop((key.repository, key.name), None)
+                self._days.pop(key, None)
+            if deltas:
+                self._claims[claim_id] = deltas
+            return Claim(claim_id, deltas)
+
+    def open_claims(self) -> list[Claim]:
+        with self._lock:
+            return [Claim(claim_id, list(d)) for claim_id, d in sorted(self._claims.items())]
+
+    def release(self, claim_id: str) -> None:
+        with self._lock:
+            self._claims.pop(claim_id, None)
+
+    def pending(self, keys: list[RecordKey]) -> Pending:
+        with self._lock:
+            live = {key: delta for key in keys if (delta := self._live(key)) is not None}
+            claims = {
+                claim_id: {d.key: d for d in deltas if d.key in keys}
+                for claim_id, deltas in self._claims.items()
+            }
+            return Pending(live, {cid: found for cid, found in claims.items() if found})
 
     def read_tag(self, repository: str, tag: str) -> TagRecord:
         with self._lock:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ from pullstats_middleware.store.base import (
     TagRecord,
     iso_date,
 )
+from pullstats_middleware.store.pending import Claim, Delta, Pending, RecordKey
 
 if TYPE_CHECKING:
     import redis
@@ -24,7 +26,13 @@ if TYPE_CHECKING:
 # How long an index's list of children is kept after it was last seen: an index
 # is immutable, and a tag pulled less often than this gets its index GET again.
 INDEX_TTL = 7 * 24 * 3600
-_SCRIPT = files("pullstats_middleware.store").joinpath("apply_batch.lua").read_text()
+
+
+def _script(name: str) -> str:
+    return files("pullstats_middleware.store").joinpath(name).read_text()
+
+
+_SCRIPT = _script("apply_batch.lua")
 
 
 class RedisStore:
@@ -36,13 +44,22 @@ class RedisStore:
     """
 
     def __init__(
-        self, client: redis.Redis, *, prefix: str = "pull_metrics", batch_ttl: int = 3600
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str = "pull_metrics",
+        batch_ttl: int = 3600,
+        durable: bool = False,
     ) -> None:
         self.client = client
         self.prefix = prefix
         self._batch_ttl = batch_ttl
+        # With a database: count per day too, and mark what the flush worker must claim.
+        self.durable = durable
         # register_script runs EVALSHA and reloads on NOSCRIPT (a restarted Redis).
         self._apply = client.register_script(_SCRIPT)
+        self._claim = client.register_script(_script("claim.lua"))
+        self._pending = client.register_script(_script("pending.lua"))
 
     def tag_key(self, repository: str, tag: str) -> str:
         return f"{self.prefix}/tag/{repository}/{tag}"
@@ -67,6 +84,7 @@ class RedisStore:
             batch.origin or "-",
             len(batch.indexes),
             INDEX_TTL,
+            "1" if self.durable else "0",
         ]
         for t in batch.tags:
             keys.append(self.tag_key(t.repository, t.tag))
@@ -117,6 +135,65 @@ class RedisStore:
 
     def close(self) -> None:
         self.client.close()
+
+    # -- the flush worker's side (with a database) ----------------------------
+
+    def record_key(self, key: str) -> RecordKey:
+        family, _, rest = key[len(self.prefix) + 1 :].partition("/")
+        repository, _, name = rest.rpartition("/")
+        return RecordKey(family, repository, name)
+
+    def _key(self, record: RecordKey) -> str:
+        return f"{self.prefix}/{record.kind}/{record.repository}/{record.name}"
+
+    def claim(self, claim_id: str, limit: int) -> Claim:
+        keys = [f"{self.prefix}/dirty", f"{self.prefix}/claims", f"{self.prefix}/claim/{claim_id}"]
+        if not int(self._claim(keys=keys, args=[claim_id, limit])):
+            return Claim(claim_id, [])
+        return self._read_claim(claim_id)
+
+    def open_claims(self) -> list[Claim]:
+        ids = sorted(_text(raw) for raw in self.client.smembers(f"{self.prefix}/claims"))
+        return [self._read_claim(claim_id) for claim_id in ids]
+
+    def _read_claim(self, claim_id: str) -> Claim:
+        where = f"{self.prefix}/claim/{claim_id}"
+        deltas = [
+            self._delta(_text(key), json.loads(value), where)
+            for key, value in self.client.hgetall(where).items()
+        ]
+        return Claim(claim_id, deltas)
+
+    def release(self, claim_id: str) -> None:
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.delete(f"{self.prefix}/claim/{claim_id}")
+            pipe.srem(f"{self.prefix}/claims", claim_id)
+            pipe.execute()
+
+    def pending(self, keys: list[RecordKey]) -> Pending:
+        names = [self._key(record) for record in keys]
+        try:
+            reply = self._pending(
+                keys=[f"{self.prefix}/claims", *names], args=[f"{self.prefix}/claim/"]
+            )
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        data = json.loads(reply)
+        live = {
+            self.record_key(key): self._delta(key, fields, key)
+            for key, fields in (data["live"] or {}).items()
+        }
+        claims = {
+            claim_id: {
+                self.record_key(key): self._delta(key, fields, f"claim {claim_id}")
+                for key, fields in deltas.items()
+            }
+            for claim_id, deltas in (data["claims"] or {}).items()
+        }
+        return Pending(live, claims)
+
+    def _delta(self, key: str, fields: dict[str, Any], where: str) -> Delta:
+        return Delta.from_fields(self.record_key(key), fields, where)
 
 
 def client_key(identity: str) -> str:

@@ -1,0 +1,9 @@
+"""The durable store: counts and daily history in SQL (SQLite or PostgreSQL), fed by
+a flush worker that moves them out of Redis exactly once, and read merged with
+what Redis still holds, so answers never lag behind a pull."""
+
+from pullstats_middleware.durable.database import Database
+from pullstats_middleware.durable.flusher import Flusher, FlusherThread
+from pullstats_middleware.durable.reads import Merged, merged
+
+__all__ = ["Database", "Flusher", "FlusherThread", "Merged", "merged"]

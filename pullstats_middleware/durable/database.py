@@ -1,0 +1,177 @@
+"""The SQL side: migrations, the exactly-once write of a claim, and reads.
+
+SQLAlchemy Core 2 on SQLite (the embedded default: one file, WAL) and on
+PostgreSQL through psycopg 3. One statement shape serves both: an upsert
+(`INSERT … ON CONFLICT DO UPDATE`) per table, executed for all rows of a claim.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Table, case, create_engine, event, select, tuple_
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+
+from pullstats_middleware.durable.schema import (
+    flush_claims,
+    manifest_daily,
+    manifest_pulls,
+    tag_daily,
+    tag_pulls,
+)
+from pullstats_middleware.store.base import iso_date
+from pullstats_middleware.store.pending import Claim, Delta, RecordKey
+
+
+class Database:
+    def __init__(self, url: str, **engine_options: Any) -> None:
+        self.url = url
+        self.engine: Engine = create_engine(url, **engine_options)
+        self.dialect = self.engine.dialect.name
+        if self.dialect == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+
+    def upgrade(self) -> None:
+        """Create or migrate the schema to the newest revision the package ships."""
+        from alembic import command
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", "pullstats_middleware.durable:migrations")
+        with self.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- the flush worker ----------------------------------------------------
+
+    def write(self, claim: Claim, *, before_commit: Callable[[], None] | None = None) -> bool:
+        """Add a claim's deltas, in one transaction with its id; False when that id was
+        committed already (a worker killed after the commit, or another worker)."""
+        try:
+            with self.engine.begin() as connection:
+                row = {"claim_id": claim.id, "committed_at": iso_date(time.time())}
+                connection.execute(flush_claims.insert(), [row])
+                self._add(connection, claim.deltas)
+                if before_commit is not None:
+                    before_commit()
+        except IntegrityError:
+            return False
+        return True
+
+    def _add(self, connection: Connection, deltas: Iterable[Delta]) -> None:
+        tags: list[dict[str, Any]] = []
+        manifests: list[dict[str, Any]] = []
+        tag_days: list[dict[str, Any]] = []
+        manifest_days: list[dict[str, Any]] = []
+        for delta in deltas:
+            repository, name = delta.key.repository, delta.key.name
+            if delta.key.kind == "tag":
+                tags.append(
+                    {
+                        "repository": repository,
+                        "tag": name,
+                        "pull_count": delta.pull_count,
+                        "last_pull_date": delta.last_pull_date,
+                        "current_manifest_digest": delta.current_manifest_digest,
+                    }
+                )
+                days = tag_days
+            else:
+                manifests.append(
+                    {
+                        "repository": repository,
+                        "digest": name,
+                        "pull_count": delta.pull_count,
+                        "last_pull_date": delta.last_pull_date,
+                    }
+                )
+                days = manifest_days
+            column = "tag" if delta.key.kind == "tag" else "digest"
+            days.extend(
+                {"repository": repository, column: name, "day": day, "pull_count": count}
+                for day, count in delta.days.items()
+            )
+        for table, rows in (
+            (tag_pulls, tags),
+            (manifest_pulls, manifests),
+            (tag_daily, tag_days),
+            (manifest_daily, manifest_days),
+        ):
+            if rows:
+                connection.execute(self._upsert(table), rows)
+
+    def _upsert(self, table: Table) -> Any:
+        insert = (postgresql if self.dialect == "postgresql" else sqlite).insert(table)
+        new, old = insert.excluded, table.c
+        updates: dict[str, Any] = {"pull_count": old.pull_count + new.pull_count}
+        if "last_pull_date" in old:
+            later = (old.last_pull_date.is_(None)) | (new.last_pull_date >= old.last_pull_date)
+            updates["last_pull_date"] = case((later, new.last_pull_date), else_=old.last_pull_date)
+            if "current_manifest_digest" in old:
+                updates["current_manifest_digest"] = case(
+                    (later, new.current_manifest_digest), else_=old.current_manifest_digest
+                )
+        keys = [column.name for column in table.primary_key.columns]
+        return insert.on_conflict_do_update(index_elements=keys, set_=updates)
+
+    # -- reads -----------------------------------------------------------------
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Connection]:
+        """One read transaction: totals and committed claim ids seen at one moment."""
+        with self.engine.connect() as connection, connection.begin():
+            if self.dialect == "postgresql":
+                connection.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            yield connection
+
+    @staticmethod
+    def committed(connection: Connection, claim_ids: Iterable[str]) -> set[str]:
+        ids = list(claim_ids)
+        if not ids:
+            return set()
+        found = connection.execute(
+            select(flush_claims.c.claim_id).where(flush_claims.c.claim_id.in_(ids))
+        )
+        return {row[0] for row in found}
+
+    @staticmethod
+    def totals(connection: Connection, keys: Iterable[RecordKey]) -> dict[RecordKey, Delta]:
+        out: dict[RecordKey, Delta] = {}
+        wanted = {"tag": [], "manifest": []}  # type: dict[str, list[tuple[str, str]]]
+        for key in keys:
+            wanted[key.kind].append((key.repository, key.name))
+        if wanted["tag"]:
+            t = tag_pulls.c
+            query = select(t.repository, t.tag, t.pull_count, t.last_pull_date,
+                           t.current_manifest_digest)  # fmt: skip
+            for row in connection.execute(
+                query.where(tuple_(t.repository, t.tag).in_(wanted["tag"]))
+            ):
+                key = RecordKey("tag", row[0], row[1])
+                out[key] = Delta(key, row[2], row[3], row[4])
+        if wanted["manifest"]:
+            m = manifest_pulls.c
+            manifests = select(m.repository, m.digest, m.pull_count, m.last_pull_date)
+            for found in connection.execute(
+                manifests.where(tuple_(m.repository, m.digest).in_(wanted["manifest"]))
+            ):
+                key = RecordKey("manifest", found[0], found[1])
+                out[key] = Delta(key, found[2], found[3])
+        return out
+
+
+def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+    # WAL: readers never wait for the flush worker's write; a busy timeout instead
+    # of "database is locked" when two writers meet.
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()

@@ -1,0 +1,98 @@
+"""The flush worker: moves counts from Redis (or the memory store) into SQL, exactly once.
+
+One cycle: settle the claims a killed worker left open (written already: release;
+not yet: write, then release), then claim, write, release, until nothing is dirty.
+Each step is its own method so a test can kill the worker between any two.
+
+- claim: the store moves up to `batch` dirty records under a new claim id, atomically;
+- write: SQL adds them and records the claim id, in one transaction;
+- release: the store forgets the claim.
+
+Killed after claim: the next cycle writes it. Killed before commit: SQL rolled back,
+the next cycle writes it. Killed after commit: the next cycle finds the id in SQL
+and only releases it. Two workers at once: a claim id is inserted once (a primary
+key), so the second writer's transaction fails and it only releases.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+
+from pullstats_middleware.durable.database import Database
+from pullstats_middleware.store.pending import Claim, ClaimStore
+
+log = logging.getLogger("pullstats_middleware")
+
+
+class Flusher:
+    def __init__(self, store: ClaimStore, database: Database, *, batch: int = 5000) -> None:
+        self.store = store
+        self.database = database
+        self.batch = batch
+
+    def claim(self) -> Claim:
+        return self.store.claim(uuid.uuid4().hex, self.batch)
+
+    def write(self, claim: Claim) -> bool:
+        return self.database.write(claim)
+
+    def release(self, claim: Claim) -> None:
+        self.store.release(claim.id)
+
+    def settle(self) -> int:
+        """Finish what a killed worker left open; how many claims."""
+        claims = self.store.open_claims()
+        for claim in claims:
+            self.write(claim)  # False: it was committed already
+            self.release(claim)
+        return len(claims)
+
+    def flush(self) -> int:
+        """One whole cycle; the number of records moved to SQL."""
+        self.settle()
+        moved = 0
+        while True:
+            claim = self.claim()
+            if not claim.deltas:
+                return moved
+            self.write(claim)
+            self.release(claim)
+            moved += len(claim.deltas)
+
+
+class FlusherThread:
+    """The embedded flush worker: a daemon thread in a serving process."""
+
+    def __init__(self, flusher: Flusher, interval: float) -> None:
+        self.flusher = flusher
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pullstats-flusher", daemon=True)
+        self.last_success: float | None = None  # time.time() of the last complete cycle
+
+    def start(self) -> FlusherThread:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        delay = self.interval
+        while not self._stop.wait(delay):
+            try:
+                self.flusher.flush()
+                self.last_success, delay = time.time(), self.interval
+            except Exception as exc:  # the store or the database is away: try again later
+                log.warning("pull statistics: flush to the database failed (%s: %s)",
+                            type(exc).__name__, exc)  # fmt: skip
+                delay = min(delay * 2, 60.0)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop, after one last cycle so a clean shutdown leaves nothing in Redis."""
+        self._stop.set()
+        self._thread.join(timeout)
+        try:
+            self.flusher.flush()
+        except Exception as exc:
+            log.warning("pull statistics: last flush to the database failed (%s)", exc)

@@ -1,0 +1,52 @@
+"""Real-time answers with a database: the SQL total plus what Redis still holds.
+
+Redis is read first, in one atomic script (live hashes and every open claim);
+then SQL, in one transaction (totals and which of those claims it has
+committed). A claim SQL already has is not added again, and a claim committed
+between the two reads is in the SQL total and seen as committed: nothing is
+counted twice, nothing pulled is missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import NamedTuple
+
+from pullstats_middleware.durable.database import Database
+from pullstats_middleware.store.pending import ClaimStore, Delta, RecordKey
+
+
+class Merged(NamedTuple):
+    pull_count: int
+    last_pull_date: str | None
+    current_manifest_digest: str | None
+
+
+def merged(store: ClaimStore, database: Database, keys: list[RecordKey]) -> dict[RecordKey, Merged]:
+    pending = store.pending(keys)
+    with database.snapshot() as connection:
+        totals = database.totals(connection, keys)
+        committed = database.committed(connection, pending.claims)
+    out = {}
+    for key in keys:
+        parts = [totals.get(key), pending.live.get(key)]
+        parts += [
+            deltas.get(key)
+            for claim_id, deltas in pending.claims.items()
+            if claim_id not in committed
+        ]
+        out[key] = combine(p for p in parts if p is not None)
+    return out
+
+
+def combine(parts: Iterable[Delta]) -> Merged:
+    count, latest = 0, None
+    for part in parts:
+        count += part.pull_count
+        if part.last_pull_date is not None and (
+            latest is None or part.last_pull_date >= (latest.last_pull_date or "")
+        ):
+            latest = part
+    if latest is None:
+        return Merged(count, None, None)
+    return Merged(count, latest.last_pull_date, latest.current_manifest_digest)

@@ -1,0 +1,23 @@
+-- Claim up to ARGV[2] dirty keys for the flush worker, atomically, under claim id ARGV[1].
+--
+-- Each claimed hash moves, whole, into the claim hash KEYS[3] (field: the key,
+-- value: its fields as JSON) and is deleted, so new pulls start it afresh; the
+-- claim id joins the set of open claims KEYS[2]. The worker writes the claim to
+-- SQL together with its id, in one transaction, and only then releases it here.
+-- A key that holds something other than a hash is left where it is.
+--
+-- KEYS[1] {prefix}/dirty, KEYS[2] {prefix}/claims, KEYS[3] {prefix}/claim/{id}
+local keys = redis.call('SPOP', KEYS[1], tonumber(ARGV[2]))
+local n = 0
+for _, key in ipairs(keys) do
+  local fields = redis.pcall('HGETALL', key)
+  if type(fields) == 'table' and not fields.err and #fields > 0 then
+    local record = {}
+    for i = 1, #fields, 2 do record[fields[i]] = fields[i + 1] end
+    redis.call('HSET', KEYS[3], key, cjson.encode(record))
+    redis.call('DEL', key)
+    n = n + 1
+  end
+end
+if n > 0 then redis.call('SADD', KEYS[2], ARGV[1]) end
+return n

@@ -1,0 +1,71 @@
+"""What Redis (or the memory store) holds that SQL does not have yet, as plain records.
+
+With a database configured, a store's tag and manifest hashes count only what
+was pulled since the last flush, per UTC day too. The flush worker claims them
+(`Claim`), writes them to SQL, and releases them; a reader adds what is still
+live and what is claimed but not yet committed (`Pending`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol
+
+from pullstats_middleware.store.base import StoreDataError
+
+
+class RecordKey(NamedTuple):
+    kind: str  # "tag" or "manifest"
+    repository: str
+    name: str  # the tag, or the digest
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """Pulls of one tag or manifest not yet in SQL."""
+
+    key: RecordKey
+    pull_count: int
+    last_pull_date: str | None
+    current_manifest_digest: str | None = None
+    days: Mapping[str, int] = field(default_factory=dict)  # "YYYY-MM-DD" -> pulls
+
+    @classmethod
+    def from_fields(cls, key: RecordKey, fields: Mapping[str, str], where: str) -> Delta:
+        """From a store hash's fields; `where` names it in the error a bad value raises."""
+        try:
+            days = {name[2:]: int(value) for name, value in fields.items() if name[:2] == "d:"}
+            return cls(
+                key,
+                int(fields.get("pull_count", 0)),
+                fields.get("last_pull_date"),
+                fields.get("current_manifest_digest"),
+                days,
+            )
+        except (TypeError, ValueError):
+            raise StoreDataError(f"{where} holds a malformed count: {dict(fields)!r}") from None
+
+
+class Claim(NamedTuple):
+    id: str
+    deltas: list[Delta]
+
+
+class Pending(NamedTuple):
+    live: dict[RecordKey, Delta]
+    claims: dict[str, dict[RecordKey, Delta]]  # open claim id -> its deltas for the keys asked
+
+
+class ClaimStore(Protocol):
+    """The flush worker's side of a store with a database configured."""
+
+    def claim(self, claim_id: str, limit: int) -> Claim:
+        """Move up to `limit` dirty records into claim `claim_id` (no deltas: none dirty)."""
+        ...
+
+    def open_claims(self) -> list[Claim]: ...
+
+    def release(self, claim_id: str) -> None: ...
+
+    def pending(self, keys: list[RecordKey]) -> Pending: ...
