@@ -35,7 +35,14 @@ class CLIError(Exception):
 def main(argv: Sequence[str] | None = None) -> int:
     from pullstats_middleware import __version__
 
-    parser = build_parser(__version__, proxy=_run_proxy, demo=_run_demo, stats=_run_stats)
+    parser = build_parser(
+        __version__,
+        proxy=_run_proxy,
+        demo=_run_demo,
+        stats=_run_stats,
+        db=_run_db,
+        flush=_run_flush,
+    )
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2), already printed
@@ -53,6 +60,7 @@ def load_config(
     path: str | None = None,
     *,
     redis_url: str | None = None,
+    database: str | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> PullStatsConfig:
     """YAML file < environment < flags. FEATURE_IMAGE_PULL_STATS defaults to on:
@@ -60,6 +68,8 @@ def load_config(
     overrides: dict[str, Any] = {}
     if redis_url is not None:
         overrides["redis"] = RedisSettings.parse("--redis-url", redis_url)
+    if database is not None:
+        overrides["database"] = database
     env = os.environ if environ is None else environ
     return PullStatsConfig.from_file(path, environ=env, defaults={FEATURE: True}, **overrides)
 
@@ -217,6 +227,43 @@ def _table(repository: str, payload: Mapping[str, Any]) -> str:
         rows.append((labels.get(key, key), str(shown)))
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
+
+
+# -- pullstats db, pullstats flush -------------------------------------------------------
+
+
+def _durable(args: argparse.Namespace) -> PullStatsConfig:
+    config = load_config(args.config, redis_url=args.redis_url, database=args.database)
+    if config.database is None:
+        raise CLIError("no database configured (--database or PULL_METRICS_DATABASE)")
+    return config
+
+
+def _run_db(args: argparse.Namespace) -> int:
+    from pullstats_middleware import serving
+
+    config = _durable(args)
+    assert config.database is not None
+    serving.upgrade_database(config.database)
+    print(f"pullstats: the database at {serving.describe_database(config.database)} is up to date")
+    return 0
+
+
+def _run_flush(args: argparse.Namespace) -> int:
+    from pullstats_middleware import serving
+
+    config = _durable(args)
+    if config.redis is None:
+        raise CLIError(
+            "no Redis configured (--redis-url, PULL_METRICS_REDIS or USER_EVENTS_REDIS): a "
+            "flush worker of its own moves counts out of Redis"
+        )
+    serving.setup_logging("info")
+    interval = args.interval or config.database_flush_interval
+    moved = serving.run_flusher(config, once=args.once, interval=interval)
+    if args.once:
+        print(f"pullstats: moved {moved} record(s) to the database")
+    return 0
 
 
 if __name__ == "__main__":

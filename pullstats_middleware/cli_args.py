@@ -64,7 +64,7 @@ def wrap(text: str, indent: int = 0) -> str:
 
 
 def build_parser(
-    version: str, proxy: Command, demo: Command, stats: Command
+    version: str, proxy: Command, demo: Command, stats: Command, db: Command, flush: Command
 ) -> argparse.ArgumentParser:
     raw = argparse.RawDescriptionHelpFormatter  # the epilogs are laid out by hand
     parser = _Parser(
@@ -175,7 +175,54 @@ def build_parser(
     _store_flags(command)
     command.add_argument("--json", action="store_true", help="print JSON, as the HTTP routes do")
     command.set_defaults(run=stats)
+
+    command = commands.add_parser(
+        "db",
+        help="create or migrate the SQL schema (PULL_METRICS_DATABASE)",
+        description=wrap(
+            "Create the tables of the durable store, or migrate them to this version's "
+            "schema; safe to run again. Run it before the first start with a database, and "
+            "after each upgrade of the package."
+        ),
+        formatter_class=raw,
+    )
+    command.add_argument("action", choices=["upgrade"], help="upgrade: to the newest schema")
+    _database_flag(command)
+    _store_flags(command)
+    command.set_defaults(run=db)
+
+    command = commands.add_parser(
+        "flush",
+        help="move counts from Redis into the SQL database, exactly once",
+        description=wrap(
+            "The flush worker as a process of its own, for deployments that set "
+            "PULL_METRICS_EMBEDDED_FLUSHER=false (one worker for all serving processes; "
+            "several may run at once). Each cycle claims what Redis holds, writes it to SQL "
+            "in one transaction with the claim id, and then releases it in Redis; a worker "
+            "killed at any step loses and doubles nothing."
+        ),
+        epilog=keys_epilog("Both Redis and a database are needed."),
+        formatter_class=raw,
+    )
+    command.add_argument("--once", action="store_true", help="one cycle, then exit")
+    command.add_argument(
+        "--interval",
+        type=_seconds,
+        metavar="S",
+        help="seconds between cycles (default PULL_METRICS_DATABASE_FLUSH_INTERVAL, 10)",
+    )
+    _database_flag(command)
+    _store_flags(command)
+    command.set_defaults(run=flush)
     return parser
+
+
+def _database_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database",
+        metavar="URL",
+        help="SQLAlchemy URL (overrides PULL_METRICS_DATABASE), e.g. sqlite:///pullstats.db",
+    )
 
 
 def _listen_flags(parser: argparse.ArgumentParser, port: int) -> None:

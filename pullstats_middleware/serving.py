@@ -59,6 +59,52 @@ def reach_upstream(upstream: str, timeout: float) -> None:
         ) from None
 
 
+def describe_database(url: str) -> str:
+    """The database URL without its password."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def upgrade_database(url: str) -> None:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from pullstats_middleware.durable import Database
+
+    database = Database(url)
+    try:
+        database.upgrade()
+    except SQLAlchemyError as exc:
+        where = describe_database(url)
+        raise StartupError(f"cannot upgrade the database at {where}: {one_line(exc)}") from None
+    finally:
+        database.close()
+
+
+def run_flusher(config: PullStatsConfig, *, once: bool, interval: float) -> int:
+    """`pullstats flush`: one cycle, or cycles until interrupted; records moved."""
+    import time
+
+    from pullstats_middleware.durable import Database, Flusher
+    from pullstats_middleware.store import RedisStore
+
+    assert config.redis is not None and config.database is not None
+    ping_redis(config.redis)
+    store = RedisStore(config.redis.client(), prefix=config.key_prefix, durable=True)
+    flusher = Flusher(store, Database(config.database))
+    if once:
+        return flusher.flush()
+    moved = 0
+    while True:
+        try:
+            moved += flusher.flush()
+        except Exception as exc:  # Redis or the database away: the next cycle settles
+            logging.getLogger("pullstats_middleware").warning(
+                "pull statistics: flush failed (%s: %s)", type(exc).__name__, exc
+            )
+        time.sleep(interval)
+
+
 def demo_app(flush_interval: float) -> tuple[ASGIApp, tuple[str, str, str]]:
     """The demo registry, wrapped, counting in memory; and the digests of what it holds:
     library/hello:v1, the library/multi:latest index and its linux/amd64 image."""

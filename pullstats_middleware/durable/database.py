@@ -105,6 +105,10 @@ class Database:
             (manifest_daily, manifest_days),
         ):
             if rows:
+                # One order for every writer: two workers upserting the same rows
+                # lock them in the same order, so PostgreSQL never sees a deadlock.
+                keys = [column.name for column in table.primary_key.columns]
+                rows.sort(key=lambda row: tuple(row[name] for name in keys))
                 connection.execute(self._upsert(table), rows)
 
     def _upsert(self, table: Table) -> Any:

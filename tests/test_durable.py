@@ -1,0 +1,213 @@
+"""The durable store against SQLite and a real PostgreSQL, with a real redis-server:
+migrations, flushes, real-time merged answers, and exactly-once whatever is killed when."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import sqlalchemy as sa
+
+from pullstats_middleware import PullMetrics, PullStatsConfig
+from pullstats_middleware.durable import Database, Flusher
+from pullstats_middleware.durable.schema import tag_daily, tag_pulls
+from pullstats_middleware.store import Batch, ManifestDelta, RedisStore, TagDelta
+from tests.e2e.services import RedisServer
+from tests.postgres import PostgresServer
+
+D1 = "sha256:" + "1" * 64
+D2 = "sha256:" + "2" * 64
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A new, migrated database per test."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'pullstats.db'}"
+    else:
+        server: PostgresServer = request.getfixturevalue("postgres")
+        name = f"t{uuid.uuid4().hex[:12]}"
+        admin = sa.create_engine(server.url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f"CREATE DATABASE {name}")
+        admin.dispose()
+        url = server.url.rsplit("/", 1)[0] + "/" + name
+    database = Database(url)
+    database.upgrade()
+    database.close()
+    yield url
+
+
+def metrics_for(redis_url: str, database_url: str) -> PullMetrics:
+    config = PullStatsConfig(
+        enabled=True,
+        redis={"url": redis_url},
+        database=database_url,
+        flush_interval=3600.0,  # the tests flush the recorder themselves
+        embedded_flusher=False,  # and run the flush worker themselves
+    )
+    return PullMetrics(config)
+
+
+def store_for(url: str) -> RedisStore:
+    return RedisStore(redis.Redis.from_url(url), durable=True)
+
+
+def counts(metrics: PullMetrics) -> tuple[int, int]:
+    tag = metrics.get_tag_statistics("org/app", "v1")
+    return tag["tag_pull_count"], tag["manifest_pull_count"]
+
+
+def test_migrations_create_the_schema_and_run_again(database_url: str) -> None:
+    database = Database(database_url)
+    database.upgrade()  # the fixture ran it once already: nothing to do, no error
+    tables = set(sa.inspect(database.engine).get_table_names())
+    assert {"tag_pulls", "manifest_pulls", "tag_daily", "manifest_daily"} <= tables
+    assert {"flush_claims", "alembic_version"} <= tables
+    database.close()
+
+
+def test_flush_moves_counts_out_of_redis_and_answers_stay_whole(
+    real_redis: redis.Redis, redis_server: RedisServer, database_url: str
+) -> None:
+    metrics = metrics_for(redis_server.url, database_url)
+    for _ in range(5):
+        metrics.track_tag_pull("org/app", "v1", D1)
+    assert metrics.flush(10)
+    assert counts(metrics) == (5, 5)  # all in Redis
+    flusher = Flusher(store_for(redis_server.url), Database(database_url))
+    assert flusher.flush() == 2  # the tag and the manifest
+    assert real_redis.keys("pull_metrics/tag/*") == []  # Redis keeps only what is new
+    assert real_redis.scard("pull_metrics/dirty") == 0
+    assert counts(metrics) == (5, 5)  # all in SQL
+    for _ in range(3):
+        metrics.track_tag_pull("org/app", "v1", D1)
+    assert metrics.flush(10)
+    assert counts(metrics) == (8, 8)  # SQL plus Redis, at once
+    real_redis.flushall()  # a Redis that loses its data loses only what was not flushed
+    assert counts(metrics) == (5, 5)
+    metrics.close()
+
+
+def test_a_claim_in_flight_is_counted_once_at_every_step(
+    real_redis: redis.Redis, redis_server: RedisServer, database_url: str
+) -> None:
+    metrics = metrics_for(redis_server.url, database_url)
+    for _ in range(4):
+        metrics.track_tag_pull("org/app", "v1", D1)
+    assert metrics.flush(10)
+    flusher = Flusher(store_for(redis_server.url), Database(database_url))
+    claim = flusher.claim()
+    assert len(claim.deltas) == 2 and real_redis.keys("pull_metrics/tag/*") == []
+    assert counts(metrics) == (4, 4)  # claimed, not yet in SQL: counted from the claim
+    assert flusher.write(claim)
+    assert counts(metrics) == (4, 4)  # in SQL, still claimed in Redis: counted once
+    assert not flusher.write(claim)  # a second write of one claim changes nothing
+    flusher.release(claim)
+    assert counts(metrics) == (4, 4)
+    metrics.close()
+
+
+def test_daily_counts_split_at_utc_midnight(
+    redis_server: RedisServer, real_redis: redis.Redis, database_url: str
+) -> None:
+    store = store_for(redis_server.url)
+    before, after = "2026-11-27T23:59:59Z", "2026-11-28T00:00:00Z"
+    batch = Batch(
+        "b1",
+        tags=[TagDelta("org/app", "v1", 3, before, D1), TagDelta("org/app", "v1", 2, after, D2)],
+        manifests=[ManifestDelta("org/app", D1, 3, before)],
+    )
+    store.apply(batch, window=10.0, skew=1.0)
+    database = Database(database_url)
+    Flusher(store, database).flush()
+    with database.engine.connect() as connection:
+        days = connection.execute(
+            sa.select(tag_daily.c.day, tag_daily.c.pull_count).order_by(tag_daily.c.day)
+        ).all()
+        total = connection.execute(sa.select(tag_pulls)).one()
+    assert [tuple(day) for day in days] == [("2026-11-27", 3), ("2026-11-28", 2)]
+    assert (total.pull_count, total.last_pull_date, total.current_manifest_digest) == (
+        5,
+        after,
+        D2,
+    )
+    database.close()
+
+
+@pytest.mark.parametrize("step", ["claimed", "written", "committed", "released"])
+def test_a_worker_killed_after_any_step_loses_and_doubles_nothing(
+    real_redis: redis.Redis, redis_server: RedisServer, database_url: str, step: str
+) -> None:
+    metrics = metrics_for(redis_server.url, database_url)
+    for n in range(30):
+        metrics.track_tag_pull("org/app", "v1", D1 if n % 3 else D2)
+    assert metrics.flush(10)
+    killed = subprocess.run(
+        [sys.executable, "-m", "tests.flush_steps", redis_server.url, database_url, step],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr  # the fault happened
+    assert metrics.get_tag_statistics("org/app", "v1")["tag_pull_count"] == 30  # meanwhile
+    Flusher(store_for(redis_server.url), Database(database_url)).flush()  # a new worker
+    assert metrics.get_tag_statistics("org/app", "v1")["tag_pull_count"] == 30
+    assert real_redis.scard("pull_metrics/claims") == 0
+    assert real_redis.keys("pull_metrics/tag/*") == []
+    database = Database(database_url)
+    with database.engine.connect() as connection:
+        assert connection.execute(sa.select(tag_pulls.c.pull_count)).scalar() == 30
+    database.close()
+    metrics.close()
+
+
+def test_two_workers_at_once_while_pulls_go_on(
+    real_redis: redis.Redis, redis_server: RedisServer, database_url: str
+) -> None:
+    command = [sys.executable, "-m", "pullstats_middleware.cli", "flush", "--interval", "0.01"]
+    command += ["--redis-url", redis_server.url, "--database", database_url]
+    workers = [
+        subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    metrics = metrics_for(redis_server.url, database_url)
+    driven = 0
+
+    def drive() -> None:
+        nonlocal driven
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            for n in range(50):
+                metrics.track_tag_pull("org/app", f"t{n % 7}", D1)
+                driven += 1
+            metrics.flush(10)
+
+    producer = threading.Thread(target=drive)
+    producer.start()
+    producer.join()
+    assert metrics.flush(10)
+    time.sleep(0.3)  # both workers are at work on what is left
+    for worker in workers:
+        assert worker.poll() is None, worker.stderr.read() if worker.stderr else ""
+        worker.kill()  # mid-cycle, perhaps: the next worker settles it
+        worker.wait(10)
+    Flusher(store_for(redis_server.url), Database(database_url)).flush()
+    total = sum(metrics.get_tag_statistics("org/app", f"t{n}")["tag_pull_count"] for n in range(7))
+    assert driven > 1000 and total == driven
+    assert real_redis.keys("pull_metrics/tag/*") == []
+    metrics.close()
