@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import atexit
+import datetime as dt
 import logging
 import weakref
 from typing import Any, cast
 
 from pullstats_middleware.config import PullStatsConfig
-from pullstats_middleware.durable import Database, Flusher, FlusherThread, Merged, merged
+from pullstats_middleware.durable import (
+    Database,
+    Flusher,
+    FlusherThread,
+    Merged,
+    daily,
+    merged,
+)
 from pullstats_middleware.matchers import validate_digest, validate_repository, validate_tag
 from pullstats_middleware.recorder import Recorder
 from pullstats_middleware.store import MemoryStore, RedisStore, Store
@@ -118,6 +126,16 @@ class PullMetrics:
             "last_manifest_pull_date": record.last_pull_date,
         }
 
+    def get_history(
+        self, kind: str, repository: str, name: str, start: dt.date, end: dt.date
+    ) -> list[tuple[str, int]]:
+        """Pulls per UTC day of a tag (`kind` "tag") or a manifest, `start` to `end`
+        inclusive, zero-filled. Needs a database (HistoryUnavailable without one)."""
+        if self.database is None:
+            raise HistoryUnavailable("pull history needs a database: set PULL_METRICS_DATABASE")
+        key = RecordKey(kind, repository, name)
+        return daily(cast(ClaimStore, self.store), self.database, key, start, end)
+
     def _read(self, key: RecordKey) -> Merged:
         """Without a database, the store's record; with one, SQL plus what the store holds."""
         if self.database is None:
@@ -158,6 +176,10 @@ class PullMetrics:
             self.database.close()
         self.store.close()
         return flushed
+
+
+class HistoryUnavailable(RuntimeError):
+    """Daily history is kept in SQL: without a database there is none."""
 
 
 def _check(problem: str | None) -> None:

@@ -10,7 +10,9 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -19,7 +21,8 @@ import sqlalchemy as sa
 from pullstats_middleware import PullMetrics, PullStatsConfig
 from pullstats_middleware.durable import Database, Flusher
 from pullstats_middleware.durable.schema import tag_daily, tag_pulls
-from pullstats_middleware.store import Batch, ManifestDelta, RedisStore, TagDelta
+from pullstats_middleware.store import Batch, ManifestDelta, MemoryStore, RedisStore, TagDelta
+from tests.apps import Driver, make_driver
 from tests.e2e.services import RedisServer
 from tests.postgres import PostgresServer
 
@@ -211,3 +214,71 @@ def test_two_workers_at_once_while_pulls_go_on(
     assert driven > 1000 and total == driven
     assert real_redis.keys("pull_metrics/tag/*") == []
     metrics.close()
+
+
+# -- the history routes ----------------------------------------------------------
+
+
+@pytest.fixture
+def history_driver(kind: str, registry: Any, tmp_path: Path) -> Iterator[Driver]:
+    """A wrapped registry counting into the memory store, with an SQLite database."""
+    url = f"sqlite:///{tmp_path / 'history.db'}"
+    database = Database(url)
+    database.upgrade()
+    database.close()
+    config = PullStatsConfig(
+        enabled=True, database=url, embedded_flusher=False, flush_interval=0.05
+    )
+    metrics = PullMetrics(config, store=MemoryStore())
+    yield make_driver(kind, registry, config, metrics)
+    metrics.close()
+
+
+def history(driver: Driver, query: str = "") -> Any:
+    path = "/api/v1/repository/library/hello/tag/v1/pull_statistics/history"
+    return driver.get(path + (f"?{query}" if query else ""))
+
+
+def test_history_is_zero_filled_and_counts_today_before_and_after_a_flush(
+    history_driver: Driver,
+) -> None:
+    today = datetime.now(timezone.utc).date()
+    for _ in range(3):
+        history_driver.get("/v2/library/hello/manifests/v1")
+    history_driver.flush()
+    body = history(history_driver).json()
+    assert body["tag_name"] == "v1" and body["end"] == today.isoformat()
+    assert len(body["days"]) == 30 and body["days"][0]["date"] == body["start"]
+    assert body["days"][-1] == {"date": today.isoformat(), "pull_count": 3, "unique_pullers": None}
+    assert sum(day["pull_count"] for day in body["days"]) == 3
+    metrics = history_driver.metrics
+    assert metrics is not None and metrics.database is not None
+    Flusher(metrics.store, metrics.database).flush()  # type: ignore[arg-type]
+    history_driver.get("/v2/library/hello/manifests/v1")
+    history_driver.flush()
+    assert history(history_driver).json()["days"][-1]["pull_count"] == 4  # SQL 3 + store 1
+    digest = history_driver.get("/v2/library/hello/manifests/v1").headers["docker-content-digest"]
+    history_driver.flush()
+    path = f"/api/v1/repository/library/hello/manifest/{digest}/pull_statistics/history"
+    answer = history_driver.get(f"{path}?start={today}&end={today}").json()
+    assert answer["manifest_digest"] == digest and answer["days"][0]["pull_count"] == 5
+
+
+@pytest.mark.parametrize(
+    "query, detail",
+    [
+        ("start=2026-13-01", "start must be a date YYYY-MM-DD"),
+        ("end=yesterday", "end must be a date YYYY-MM-DD"),
+        ("start=2026-11-28&end=2026-11-01", "is after end"),
+        ("start=2020-01-01&end=2026-11-28", "at most 400 days"),
+        ("days=7", "unknown query parameter 'days'"),
+    ],
+)
+def test_bad_history_queries_are_400(history_driver: Driver, query: str, detail: str) -> None:
+    result = history(history_driver, query)
+    assert result.status == 400 and detail in result.json()["detail"]
+
+
+def test_history_without_a_database_is_501(client: Driver) -> None:
+    result = history(client)
+    assert result.status == 501 and "PULL_METRICS_DATABASE" in result.json()["detail"]

@@ -12,7 +12,18 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, case, create_engine, event, select, tuple_
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+    bindparam,
+    case,
+    create_engine,
+    event,
+    func,
+    select,
+    tuple_,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
@@ -109,10 +120,23 @@ class Database:
                 # lock them in the same order, so PostgreSQL never sees a deadlock.
                 keys = [column.name for column in table.primary_key.columns]
                 rows.sort(key=lambda row: tuple(row[name] for name in keys))
-                connection.execute(self._upsert(table), rows)
+                if self.dialect == "postgresql":
+                    # One statement for all rows: each column travels as one array.
+                    columns = {name: [row[name] for row in rows] for name in rows[0]}
+                    connection.execute(self._upsert(table, list(columns)), columns)
+                else:
+                    connection.execute(self._upsert(table), rows)
 
-    def _upsert(self, table: Table) -> Any:
+    def _upsert(self, table: Table, unnest: list[str] | None = None) -> Any:
+        """`INSERT … ON CONFLICT DO UPDATE` adding counts and keeping the later date; with
+        `unnest` (PostgreSQL), its rows come from one array parameter per column."""
         insert = (postgresql if self.dialect == "postgresql" else sqlite).insert(table)
+        if unnest is not None:
+            arrays = [
+                func.unnest(bindparam(name, type_=postgresql.ARRAY(table.c[name].type)))
+                for name in unnest
+            ]
+            insert = insert.from_select(unnest, select(*arrays))
         new, old = insert.excluded, table.c
         updates: dict[str, Any] = {"pull_count": old.pull_count + new.pull_count}
         if "last_pull_date" in old:

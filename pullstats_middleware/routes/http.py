@@ -21,6 +21,7 @@ _TITLES = {
     404: "not_found",
     405: "method_not_allowed",
     500: "internal_error",
+    501: "not_implemented",
     503: "service_unavailable",
 }
 ERROR_STATUSES = frozenset(_TITLES)

@@ -14,6 +14,7 @@ from pullstats_middleware.matchers import (
     validate_repository,
     validate_tag,
 )
+from pullstats_middleware.routes.history import manifest_history, tag_history
 from pullstats_middleware.routes.http import Probe, Response, json_response
 from pullstats_middleware.routes.router import Route, RouteContext
 
@@ -75,5 +76,21 @@ ROUTES: tuple[Route, ...] = (
         params={"repository": validate_repository, "reference": validate_digest},
         probe=manifest_head,
         summary="Pull statistics of one manifest, by digest",
+    ),
+    Route(
+        "tag_history",
+        f"{_REPOSITORY}/tag/<segment:reference>/pull_statistics/history",
+        tag_history,
+        params={"repository": validate_repository, "reference": validate_tag},
+        probe=manifest_head,
+        summary="Pulls per UTC day of one tag (needs a database)",
+    ),
+    Route(
+        "manifest_history",
+        f"{_REPOSITORY}/manifest/<segment:reference>/pull_statistics/history",
+        manifest_history,
+        params={"repository": validate_repository, "reference": validate_digest},
+        probe=manifest_head,
+        summary="Pulls per UTC day of one manifest (needs a database)",
     ),
 )

@@ -7,17 +7,22 @@
 -- A key that holds something other than a hash is left where it is.
 --
 -- KEYS[1] {prefix}/dirty, KEYS[2] {prefix}/claims, KEYS[3] {prefix}/claim/{id}
+-- Returns what it claimed, {key: fields}, as JSON: the worker needs no second read.
 local keys = redis.call('SPOP', KEYS[1], tonumber(ARGV[2]))
+local claimed = {}
 local n = 0
 for _, key in ipairs(keys) do
   local fields = redis.pcall('HGETALL', key)
   if type(fields) == 'table' and not fields.err and #fields > 0 then
     local record = {}
     for i = 1, #fields, 2 do record[fields[i]] = fields[i + 1] end
-    redis.call('HSET', KEYS[3], key, cjson.encode(record))
+    local encoded = cjson.encode(record)
+    redis.call('HSET', KEYS[3], key, encoded)
     redis.call('DEL', key)
+    claimed[key] = record
     n = n + 1
   end
 end
-if n > 0 then redis.call('SADD', KEYS[2], ARGV[1]) end
-return n
+if n == 0 then return '{}' end
+redis.call('SADD', KEYS[2], ARGV[1])
+return cjson.encode(claimed)

@@ -148,9 +148,9 @@ class RedisStore:
 
     def claim(self, claim_id: str, limit: int) -> Claim:
         keys = [f"{self.prefix}/dirty", f"{self.prefix}/claims", f"{self.prefix}/claim/{claim_id}"]
-        if not int(self._claim(keys=keys, args=[claim_id, limit])):
-            return Claim(claim_id, [])
-        return self._read_claim(claim_id)
+        claimed = json.loads(self._claim(keys=keys, args=[claim_id, limit]))
+        where = f"claim {claim_id}"
+        return Claim(claim_id, [self._delta(key, fields, where) for key, fields in claimed.items()])
 
     def open_claims(self) -> list[Claim]:
         ids = sorted(_text(raw) for raw in self.client.smembers(f"{self.prefix}/claims"))
@@ -162,7 +162,7 @@ class RedisStore:
             self._delta(_text(key), json.loads(value), where)
             for key, value in self.client.hgetall(where).items()
         ]
-        return Claim(claim_id, deltas)
+        return Claim(claim_id, deltas)  # (what a killed worker left open)
 
     def release(self, claim_id: str) -> None:
         with self.client.pipeline(transaction=True) as pipe:

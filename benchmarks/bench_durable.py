@@ -1,0 +1,158 @@
+"""Figures of the durable store, each next to a baseline measured in the same run.
+
+    python benchmarks/bench_durable.py [--keys 100000] [--pulls 1000000]   (as root or not)
+
+Starts its own redis-server and PostgreSQL (and an SQLite file). Prints one table:
+- flush throughput, key-deltas per second, Redis → SQLite and → PostgreSQL, against
+  one upsert statement per key (same rows, same database, same run);
+- the seed routes' read with a database (SQL total + what Redis holds) against the
+  Redis-only read, median of 2,000;
+- Redis `used_memory` after `--pulls` pulls over `--keys` tags, before and after a flush.
+Asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import redis
+import sqlalchemy as sa
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pullstats_middleware import PullMetrics, PullStatsConfig
+from pullstats_middleware.durable import Database, Flusher
+from pullstats_middleware.durable.schema import tag_pulls
+from pullstats_middleware.store import Batch, ManifestDelta, RedisStore, TagDelta
+from tests.e2e.services import RedisServer, temp_dir
+from tests.postgres import PostgresServer
+
+DATE = "2026-11-28T10:00:00Z"
+
+
+def digest(i: int) -> str:
+    return f"sha256:{i:064x}"
+
+
+def fill(store: RedisStore, keys: int) -> None:
+    """`keys` key-deltas in Redis, half tags and half manifests, as the recorder writes them."""
+    half = keys // 2
+    for start in range(0, half, 1000):
+        batch = Batch(uuid.uuid4().hex)
+        for i in range(start, min(start + 1000, half)):
+            batch.tags.append(TagDelta("bench/app", f"t{i}", 3, DATE, digest(i)))
+            batch.manifests.append(ManifestDelta("bench/app", digest(i), 3, DATE))
+        store.apply(batch, window=10.0, skew=1.0)
+
+
+def fresh_database(url: str) -> Database:
+    database = Database(url)
+    database.upgrade()
+    with database.engine.begin() as connection:
+        for table in ("tag_pulls", "manifest_pulls", "tag_daily", "manifest_daily", "flush_claims"):
+            connection.exec_driver_sql(f"DELETE FROM {table}")
+    return database
+
+
+class OneUpsertPerKey(Database):
+    """The baseline: the same flush, but one upsert statement per row."""
+
+    def _add(self, connection: Any, deltas: Any) -> None:
+        for delta in deltas:
+            Database._add(self, connection, [delta])
+
+
+def flush_rate(client: redis.Redis, url: str, keys: int, kind: type[Database] = Database) -> float:
+    client.flushall()
+    store = RedisStore(client, durable=True)
+    fill(store, keys)
+    fresh_database(url).close()
+    database = kind(url)
+    started = time.perf_counter()
+    moved = Flusher(store, database).flush()
+    seconds = time.perf_counter() - started
+    with database.engine.connect() as connection:
+        assert connection.execute(sa.select(sa.func.count()).select_from(tag_pulls)).scalar()
+    database.close()
+    assert moved == keys, (moved, keys)
+    return keys / seconds
+
+
+def read_micros(metrics: PullMetrics, rounds: int = 2000) -> float:
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        metrics.get_tag_statistics("bench/app", "t7")
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1e6
+
+
+def memory(client: redis.Redis) -> int:
+    return int(client.info("memory")["used_memory"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--keys", type=int, default=100_000)
+    parser.add_argument("--pulls", type=int, default=1_000_000)
+    args = parser.parse_args()
+    rows: list[tuple[str, str, str, str]] = []
+    with RedisServer() as server, PostgresServer() as pg, temp_dir() as tmp:
+        client = redis.Redis.from_url(server.url)
+        sqlite_url = f"sqlite:///{tmp / 'bench.db'}"
+        for name, url in (("SQLite", sqlite_url), ("PostgreSQL", pg.url)):
+            ours = flush_rate(client, url, args.keys)
+            base = flush_rate(client, url, args.keys, OneUpsertPerKey)
+            rows.append((f"flush into {name}, key-deltas/s", f"{ours:,.0f}/s",
+                         f"{base:,.0f}/s (one upsert per key)", f"x{ours / base:.1f}"))  # fmt: skip
+
+        client.flushall()
+        config: dict[str, Any] = {"enabled": True, "redis": {"url": server.url}}
+        plain = PullMetrics(PullStatsConfig(**config))
+        durable = PullMetrics(PullStatsConfig(**config, database=pg.url, embedded_flusher=False))
+        for n in range(50):
+            durable.track_tag_pull("bench/app", f"t{n}", digest(n))
+        assert durable.flush(10)
+        Flusher(durable.store, durable.database).flush()  # type: ignore[arg-type]
+        for n in range(50):
+            durable.track_tag_pull("bench/app", f"t{n}", digest(n))  # some in SQL, some in Redis
+        assert durable.flush(10)
+        plain_read, durable_read = read_micros(plain), read_micros(durable)
+        rows.append(("seed tag route read, SQL + Redis", f"{durable_read:,.0f} µs",
+                     f"{plain_read:,.0f} µs (Redis only)",
+                     f"+{(durable_read - plain_read) / 1000:.2f} ms"))  # fmt: skip
+        plain.close()
+        durable.close()
+
+        client.flushall()
+        metrics = PullMetrics(
+            PullStatsConfig(
+                **config, database=sqlite_url, embedded_flusher=False, buffer_max_keys=1_000_000
+            )
+        )
+        empty = memory(client)
+        for n in range(args.pulls):
+            i = n % args.keys
+            metrics.track_tag_pull("bench/app", f"t{i}", digest(i))
+        assert metrics.flush(120)
+        held = memory(client)
+        Flusher(metrics.store, metrics.database).flush()  # type: ignore[arg-type]
+        after = memory(client)
+        rows.append((f"Redis used_memory, {args.pulls:,} pulls over {args.keys:,} tags",
+                     f"{(held - empty) / 2**20:.1f} MiB held", f"{(after - empty) / 2**20:.2f} MiB "
+                     "after a flush", f"-{(held - after) / 2**20:.1f} MiB"))  # fmt: skip
+        metrics.close()
+    header = ("figure", "ours", "baseline (same run)", "difference")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    for line in [header, tuple("-" * w for w in widths), *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)))
+
+
+if __name__ == "__main__":
+    main()

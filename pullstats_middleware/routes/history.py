@@ -1,0 +1,83 @@
+"""Pulls per UTC day of a tag or a manifest: the history routes.
+
+`?start=YYYY-MM-DD&end=YYYY-MM-DD`, both optional (the last 30 days to today),
+at most 400 days; one entry per day, zero-filled. Unique pullers are not
+estimated yet: `unique_pullers` is null.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from urllib.parse import parse_qsl
+
+from pullstats_middleware.metrics import HistoryUnavailable
+from pullstats_middleware.routes.http import Response, RouteError, json_response
+from pullstats_middleware.routes.router import RouteContext
+
+DEFAULT_DAYS = 30
+MAX_DAYS = 400
+
+
+def date_range(query: str) -> tuple[dt.date, dt.date]:
+    """`start` and `end` from the query string; RouteError 400 saying what is wrong."""
+    try:
+        params = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)))
+    except ValueError:
+        raise RouteError(400, f"malformed query string {query!r}") from None
+    unknown = sorted(set(params) - {"start", "end"})
+    if unknown:
+        raise RouteError(
+            400, f"unknown query parameter {unknown[0]!r}; this route takes start and end"
+        )
+    end = (
+        _date("end", params["end"]) if "end" in params else dt.datetime.now(dt.timezone.utc).date()
+    )
+    if "start" in params:
+        start = _date("start", params["start"])
+    else:
+        start = end - dt.timedelta(days=DEFAULT_DAYS - 1)
+    if start > end:
+        raise RouteError(400, f"start {start} is after end {end}")
+    if (end - start).days + 1 > MAX_DAYS:
+        raise RouteError(
+            400, f"at most {MAX_DAYS} days per request, asked {(end - start).days + 1}"
+        )
+    return start, end
+
+
+def _date(name: str, value: str) -> dt.date:
+    try:
+        if len(value) != 10:
+            raise ValueError(value)
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise RouteError(400, f"{name} must be a date YYYY-MM-DD, got {value!r}") from None
+
+
+def _history(context: RouteContext, kind: str, field: str) -> Response:
+    start, end = date_range(context.request.query)
+    repository, name = context.args["repository"], context.args["reference"]
+    try:
+        days = context.metrics.get_history(kind, repository, name, start, end)
+    except HistoryUnavailable as exc:
+        raise RouteError(501, str(exc)) from None
+    return json_response(
+        200,
+        {
+            field: name,
+            "start": start.isoformat(),
+            "end": end.isoformat(),
+            "unique_pullers": None,
+            "days": [
+                {"date": day, "pull_count": count, "unique_pullers": None} for day, count in days
+            ],
+        },
+    )
+
+
+def tag_history(context: RouteContext) -> Response:
+    return _history(context, "tag", "tag_name")
+
+
+def manifest_history(context: RouteContext) -> Response:
+    return _history(context, "manifest", "manifest_digest")
