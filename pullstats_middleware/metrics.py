@@ -105,9 +105,17 @@ class PullMetrics:
         """The tag's counts; `current_digest` (what the tag points to now, when the
         registry told us) overrides the digest of the tag's last pull."""
         _check(validate_repository(repository) or validate_tag(tag))
-        record = self._read(RecordKey("tag", repository, tag))
-        digest = current_digest or record.current_manifest_digest
-        manifest = self._read(RecordKey("manifest", repository, digest)) if digest else None
+        tag_key = RecordKey("tag", repository, tag)
+        digest: str | None
+        manifest: Merged | None
+        if current_digest and self.database is not None:  # both in one read
+            manifest_key = RecordKey("manifest", repository, current_digest)
+            both = merged(cast(ClaimStore, self.store), self.database, [tag_key, manifest_key])
+            record, manifest, digest = both[tag_key], both[manifest_key], current_digest
+        else:
+            record = self._read(tag_key)
+            digest = current_digest or record.current_manifest_digest
+            manifest = self._read(RecordKey("manifest", repository, digest)) if digest else None
         return {
             "tag_name": tag,
             "tag_pull_count": record.pull_count,

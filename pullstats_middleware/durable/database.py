@@ -152,10 +152,11 @@ class Database:
     # -- reads -----------------------------------------------------------------
 
     @contextmanager
-    def snapshot(self) -> Iterator[Connection]:
-        """One read transaction: totals and committed claim ids seen at one moment."""
+    def snapshot(self, *, repeatable: bool = True) -> Iterator[Connection]:
+        """One read transaction: totals and committed claim ids seen at one moment.
+        `repeatable` False: a single statement will be run, which sees one moment anyway."""
         with self.engine.connect() as connection, connection.begin():
-            if self.dialect == "postgresql":
+            if repeatable and self.dialect == "postgresql":
                 connection.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             yield connection
 

@@ -24,7 +24,9 @@ class Merged(NamedTuple):
 
 def merged(store: ClaimStore, database: Database, keys: list[RecordKey]) -> dict[RecordKey, Merged]:
     pending = store.pending(keys)
-    with database.snapshot() as connection:
+    # Usually no claim is open: one statement, no snapshot isolation to ask for.
+    kinds = {key.kind for key in keys}
+    with database.snapshot(repeatable=bool(pending.claims) or len(kinds) > 1) as connection:
         totals = database.totals(connection, keys)
         committed = database.committed(connection, pending.claims)
     out = {}
