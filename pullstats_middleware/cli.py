@@ -16,6 +16,7 @@ import os
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any, cast
 
 from pullstats_middleware.cli_args import build_parser
@@ -89,6 +90,8 @@ def _run_proxy(args: argparse.Namespace) -> int:
     config = load_config(args.config, redis_url=args.redis_url)
     if config.enabled and config.redis is not None:
         serving.ping_redis(config.redis)
+    if config.enabled and config.database is not None:
+        serving.check_database(config.database)
     sock = serving.listen(args.host, args.port)
     try:
         if args.upstream_check:
@@ -187,7 +190,8 @@ def _run_stats(args: argparse.Namespace) -> int:
     from pullstats_middleware.store import StoreDataError, StoreUnavailable
 
     repository, tag, digest = parse_reference(args.reference)
-    config = load_config(args.config, redis_url=args.redis_url)
+    # A reader: it never runs a flush worker of its own.
+    config = replace(load_config(args.config, redis_url=args.redis_url), embedded_flusher=False)
     if config.redis is None:
         raise CLIError(
             "no Redis configured (--redis-url, PULL_METRICS_REDIS or USER_EVENTS_REDIS); "

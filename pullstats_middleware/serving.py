@@ -81,6 +81,29 @@ def upgrade_database(url: str) -> None:
         database.close()
 
 
+def check_database(url: str) -> None:
+    """The database answers and its schema is this version's: fail now, not at the first flush."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from pullstats_middleware.durable import Database
+
+    database = Database(url)
+    try:
+        current, head = database.revisions()
+    except SQLAlchemyError as exc:
+        why = one_line(getattr(exc, "orig", None) or exc)
+        raise StartupError(
+            f"cannot reach the database at {describe_database(url)}: {why}"
+        ) from None
+    finally:
+        database.close()
+    if current != head:
+        raise StartupError(
+            f"the database at {describe_database(url)} is at schema {current or 'none'}, "
+            f"this version needs {head}: run `pullstats db upgrade`"
+        )
+
+
 def run_flusher(config: PullStatsConfig, *, once: bool, interval: float) -> int:
     """`pullstats flush`: one cycle, or cycles until interrupted; records moved."""
     import time
@@ -90,6 +113,7 @@ def run_flusher(config: PullStatsConfig, *, once: bool, interval: float) -> int:
 
     assert config.redis is not None and config.database is not None
     ping_redis(config.redis)
+    check_database(config.database)
     store = RedisStore(config.redis.client(), prefix=config.key_prefix, durable=True)
     flusher = Flusher(store, Database(config.database))
     if once:

@@ -624,3 +624,34 @@ def test_a_config_file_that_is_not_utf8_is_one_line(
     path.write_bytes(b"PULL_METRICS_AUTH: caf\xe9\n")
     code, _, err = run(["stats", "library/hello:v1", "--config", str(path)], capsys)
     assert_one_line_error(code, err, str(path), "is not UTF-8")
+
+
+def test_db_upgrade_then_flush_once(
+    redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    database = f"sqlite:///{tmp_path / 'pullstats.db'}"
+    code, _, err = run(
+        ["flush", "--once", "--redis-url", redis_url, "--database", database], capsys
+    )
+    assert_one_line_error(code, err, "is at schema none", "run `pullstats db upgrade`")
+    code, out, _ = run(["db", "upgrade", "--database", database], capsys)
+    assert code == 0 and "is up to date" in out
+    code, out, _ = run(["db", "upgrade", "--database", database], capsys)  # again: nothing to do
+    assert code == 0
+    config = PullStatsConfig(
+        enabled=True, redis={"url": redis_url}, database=database, embedded_flusher=False
+    )
+    metrics = PullMetrics(config)
+    metrics.track_tag_pull("library/flushed", "v1", DIGEST)
+    assert metrics.flush(10)
+    code, out, err = run(
+        ["flush", "--once", "--redis-url", redis_url, "--database", database], capsys
+    )
+    assert code == 0, err
+    assert out.strip() == "pullstats: moved 2 record(s) to the database"
+    assert metrics.get_tag_statistics("library/flushed", "v1")["tag_pull_count"] == 1  # from SQL
+    metrics.close()
+    code, _, err = run(["flush", "--once", "--database", database], capsys)
+    assert_one_line_error(code, err, "no Redis configured")
+    code, _, err = run(["db", "upgrade"], capsys)
+    assert_one_line_error(code, err, "no database configured")

@@ -49,13 +49,20 @@ class Database:
     def upgrade(self) -> None:
         """Create or migrate the schema to the newest revision the package ships."""
         from alembic import command
-        from alembic.config import Config
 
-        config = Config()
-        config.set_main_option("script_location", "pullstats_middleware.durable:migrations")
+        config = _alembic_config()
         with self.engine.begin() as connection:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
+
+    def revisions(self) -> tuple[str | None, str | None]:
+        """(the schema revision of the database, the newest this package ships)."""
+        from alembic.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
+        with self.engine.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+        return current, ScriptDirectory.from_config(_alembic_config()).get_current_head()
 
     def close(self) -> None:
         self.engine.dispose()
@@ -194,6 +201,14 @@ class Database:
                 key = RecordKey("manifest", found[0], found[1])
                 out[key] = Delta(key, found[2], found[3])
         return out
+
+
+def _alembic_config() -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", "pullstats_middleware.durable:migrations")
+    return config
 
 
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:
