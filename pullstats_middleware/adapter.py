@@ -19,7 +19,7 @@ from pullstats_middleware.routes import ROUTES, Route, Router
 
 log = logging.getLogger("pullstats_middleware")
 
-_WATCHED = frozenset(("GET", "HEAD"))
+_WATCHED = frozenset(("GET", "HEAD", "PUT"))  # pulls, resolutions, pushes
 
 
 class Adapter:

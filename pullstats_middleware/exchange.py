@@ -25,6 +25,7 @@ from pullstats_middleware.store.base import DigestFetch, Resolution
 log = logging.getLogger("pullstats_middleware")
 
 GET = "GET"
+PUT = "PUT"
 _DIGEST_HEADERS = ("docker-content-digest", b"docker-content-digest")
 _TYPE_HEADERS = ("content-type", b"content-type")
 INDEX_TYPES = frozenset(
@@ -89,7 +90,10 @@ class ManifestExchange:
     def start(self, status: int | str, headers: Iterable[tuple[Any, Any]]) -> None:
         """The response began: an ASGI status and byte headers, or WSGI's `"200 OK"` and str."""
         try:
-            self._status = status if isinstance(status, int) else int(status[:3])
+            code = status if isinstance(status, int) else int(status[:3])
+            # 200 to a GET or HEAD; a push is a PUT by tag the registry answered 201.
+            pushed = self._method == PUT and code == 201 and not self._request.by_digest
+            self._status = 200 if (code == 200 and self._method != PUT) or pushed else 0
             if self._status != 200:
                 return
             request, get = self._request, self._method == GET
@@ -153,7 +157,9 @@ class ManifestExchange:
                 if self._method == GET:  # a pull, but not a user's: no count, no date
                     self._recorder.add_excluded_pull()
                 return
-            if self._method != GET:  # a HEAD by tag: a resolution, maybe half of a tag pull
+            if self._method == PUT:
+                self._recorder.add_push(request.repository, request.reference, digest)
+            elif self._method != GET:  # a HEAD by tag: a resolution, maybe half of a tag pull
                 if not request.by_digest:
                     self._recorder.add_attribution_event(
                         Resolution(

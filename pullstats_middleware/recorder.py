@@ -64,6 +64,7 @@ class Recorder:
         self._events: dict[tuple[str, str, str], list[Resolution | DigestFetch]] = {}
         self._event_count = 0
         self._indexes: dict[tuple[str, str], tuple[str, ...]] = {}  # index -> its children
+        self._pushes: dict[tuple[str, str], tuple[float, str]] = {}  # tag -> (ts, digest)
         # Which process recorded an event: within one process the order of a HEAD
         # and a GET is known exactly, so the store allows clock skew only between two.
         self._origin = uuid.uuid4().hex[:16]
@@ -149,6 +150,17 @@ class Recorder:
         elif self._thread is None:
             self._start()
 
+    def add_push(self, repository: str, tag: str, digest: str) -> None:
+        """A manifest pushed by tag: the tag names `digest` from now on."""
+        key = (repository, tag)
+        with self._lock:
+            if key not in self._pushes and self._full():
+                self.dropped_events += 1
+                return
+            self._pushes[key] = (_now(), digest)
+        if self._thread is None:
+            self._start()
+
     def add_index(self, repository: str, digest: str, children: tuple[str, ...]) -> None:
         """An image index seen in a response body, and the manifests it lists."""
         key = (repository, digest)
@@ -165,7 +177,8 @@ class Recorder:
 
     def _full(self) -> bool:
         # Batches waiting for the store count too: memory stays under one cap.
-        held = len(self._tags) + len(self._manifests) + len(self._indexes) + self._event_count
+        held = len(self._tags) + len(self._manifests) + len(self._indexes) + len(self._pushes)
+        held += self._event_count
         held += self._pending_keys
         return held >= self.max_keys
 
@@ -223,9 +236,12 @@ class Recorder:
             manifests, self._manifests = self._manifests, {}
             runs, self._events, self._event_count = self._events, {}, 0
             indexes, self._indexes = self._indexes, {}
+            pushes, self._pushes = self._pushes, {}
         events = [event for run in runs.values() for event in run]
         # Cut into batches outside the lock; dates are formatted there, not per pull.
-        batches = cut_batches(tags, manifests, events, self.batch_max_keys, self._origin, indexes)
+        batches = cut_batches(
+            tags, manifests, events, self.batch_max_keys, self._origin, indexes, pushes
+        )
         self._pending.extend(batches)
         with self._lock:
             self._pending_keys += sum(len(batch) for batch in batches)
@@ -304,7 +320,8 @@ class Recorder:
 
     def __len__(self) -> int:
         """Distinct keys buffered (not counting batches waiting for the store)."""
-        return len(self._tags) + len(self._manifests) + len(self._indexes) + self._event_count
+        held = len(self._tags) + len(self._manifests) + len(self._indexes) + len(self._pushes)
+        return held + self._event_count
 
     @property
     def pending_batches(self) -> int:

@@ -19,9 +19,17 @@ import redis
 import sqlalchemy as sa
 
 from pullstats_middleware import PullMetrics, PullStatsConfig
-from pullstats_middleware.durable import Database, Flusher
+from pullstats_middleware.durable import Database, Flusher, merged
 from pullstats_middleware.durable.schema import tag_daily, tag_pulls
-from pullstats_middleware.store import Batch, ManifestDelta, MemoryStore, RedisStore, TagDelta
+from pullstats_middleware.store import (
+    Batch,
+    ManifestDelta,
+    MemoryStore,
+    Push,
+    RedisStore,
+    TagDelta,
+)
+from pullstats_middleware.store.pending import RecordKey
 from tests.apps import Driver, make_driver
 from tests.e2e.services import RedisServer
 from tests.postgres import PostgresServer
@@ -282,3 +290,22 @@ def test_bad_history_queries_are_400(history_driver: Driver, query: str, detail:
 def test_history_without_a_database_is_501(client: Driver) -> None:
     result = history(client)
     assert result.status == 501 and "PULL_METRICS_DATABASE" in result.json()["detail"]
+
+
+def test_a_push_reaches_sql_and_the_newer_of_push_and_pull_names_the_tag(
+    redis_server: RedisServer, real_redis: redis.Redis, database_url: str
+) -> None:
+    store = store_for(redis_server.url)
+    pulled, pushed = "2026-11-27T10:00:00Z", "2026-11-28T09:00:00Z"
+    store.apply(Batch("b1", tags=[TagDelta("org/app", "v1", 2, pulled, D1)]), window=10, skew=1)
+    database = Database(database_url)
+    Flusher(store, database).flush()
+    store.apply(Batch("b2", pushes=[Push("org/app", "v1", pushed, D2)]), window=10, skew=1)
+    key = RecordKey("tag", "org/app", "v1")
+    assert merged(store, database, [key])[key] == (2, pulled, D2, pushed)  # SQL + Redis
+    Flusher(store, database).flush()
+    assert merged(store, database, [key])[key] == (2, pulled, D2, pushed)  # all in SQL
+    with database.engine.connect() as connection:
+        row = connection.execute(sa.select(tag_pulls)).one()
+    assert (row.current_manifest_digest, row.last_push_date) == (D2, pushed)
+    database.close()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+import pytest
+
 from pullstats_middleware import PullMetrics
 from pullstats_middleware.demo_registry import MemoryRegistry
 from tests.apps import Driver
@@ -231,3 +233,42 @@ def test_a_bogus_digest_header_is_ignored_and_the_body_hashed(
     stats = tag_stats(metrics, "a/b", "v1")
     assert stats["tag_pull_count"] == 1
     assert stats["current_manifest_digest"] == "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "method, path, status, counted",
+    [
+        ("PUT", "/v2/a/b/manifests/v2", 201, True),
+        ("PUT", "/v2/a/b/manifests/v2", 400, False),
+        ("PUT", f"/v2/a/b/manifests/sha256:{'c' * 64}", 201, False),  # by digest: no tag
+        ("POST", "/v2/a/b/manifests/v2", 201, False),
+    ],
+)
+def test_a_push_by_tag_names_the_tag_and_counts_no_pull(
+    kind: str, metrics: PullMetrics, method: str, path: str, status: int, counted: bool
+) -> None:
+    pushed = "sha256:" + "e" * 64
+
+    def wsgi(environ: Any, start_response: Any) -> list[bytes]:
+        start_response(f"{status} X", [("Docker-Content-Digest", pushed)])
+        return [b""]
+
+    async def asgi(scope: Any, receive: Any, send: Any) -> None:
+        headers = [(b"docker-content-digest", pushed.encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+
+    from pullstats_middleware import PullStatsASGIMiddleware, PullStatsMiddleware
+
+    middleware: Any = (
+        PullStatsMiddleware(wsgi, metrics=metrics)
+        if kind == "wsgi"
+        else PullStatsASGIMiddleware(asgi, metrics=metrics)
+    )
+    assert Driver(kind, middleware, metrics).request(method, path).status == status
+    assert metrics.flush(10)
+    record = metrics.store.read_tag("a/b", "v2")
+    assert record.pull_count == 0
+    assert (record.current_manifest_digest, record.last_push_date is not None) == (
+        (pushed, True) if counted else (None, False)
+    )

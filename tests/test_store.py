@@ -11,6 +11,7 @@ from pullstats_middleware.store import (
     DigestFetch,
     IndexChildren,
     ManifestDelta,
+    Push,
     RedisStore,
     Resolution,
     Store,
@@ -39,6 +40,8 @@ def apply(
             batch.manifests.append(item)
         elif isinstance(item, IndexChildren):
             batch.indexes.append(item)
+        elif isinstance(item, Push):
+            batch.pushes.append(item)
         else:
             batch.attribution_events.append(item)  # type: ignore[arg-type]
     return store.apply(batch, window=window, skew=skew)
@@ -55,11 +58,11 @@ def test_counts_dates_and_current_digest(store: Store) -> None:
         TagDelta("r", "v1", 2, iso_date(T0 + 60), D2),
         ManifestDelta("r", D2, 2, iso_date(T0 + 60)),
     )
-    tag = store.read_tag("r", "v1")
+    tag = store.read_tag("r", "v1")[:3]
     assert tag == (5, "2024-09-08T10:16:00Z", D2)
     assert store.read_manifest("r", D1) == (3, "2024-09-08T10:15:00Z")
     assert store.read_manifest("r", "sha256:" + "9" * 64) == (0, None)
-    assert store.read_tag("r", "never") == (0, None, None)
+    assert store.read_tag("r", "never")[:3] == (0, None, None)
 
 
 def test_last_pull_date_never_moves_backwards(store: Store) -> None:
@@ -70,7 +73,7 @@ def test_last_pull_date_never_moves_backwards(store: Store) -> None:
     )
     # a slower writer lands later with an older batch
     apply(store, TagDelta("r", "v1", 1, iso_date(T0), D1), ManifestDelta("r", D1, 1, iso_date(T0)))
-    assert store.read_tag("r", "v1") == (2, iso_date(T0 + 60), D2)
+    assert store.read_tag("r", "v1")[:3] == (2, iso_date(T0 + 60), D2)
     assert store.read_manifest("r", D1) == (2, iso_date(T0 + 60))
 
 
@@ -89,7 +92,7 @@ def test_head_then_get_pairs_in_either_landing_order(store: Store) -> None:
     # GET lands before its HEAD (two processes, the HEAD's flushes later)
     apply(store, DigestFetch("client-b", "r", D1, T0 + 5), batch_id="b-get")
     apply(store, Resolution("client-b", "r", "v2", D1, T0 + 4), batch_id="b-head")
-    assert store.read_tag("r", "v2") == (1, iso_date(T0 + 5), D1)
+    assert store.read_tag("r", "v2")[:3] == (1, iso_date(T0 + 5), D1)
 
 
 def test_pairing_needs_the_same_client_and_the_window(store: Store) -> None:
@@ -166,7 +169,7 @@ def test_a_head_resolving_to_an_index_pairs_with_a_get_of_any_child(store: Store
     index, amd64, arm64 = D1, D2, "sha256:" + "3" * 64
     apply(store, IndexChildren("r", index, (amd64, arm64)))
     apply(store, Resolution("c", "r", "v1", index, T0), DigestFetch("c", "r", arm64, T0 + 1))
-    assert store.read_tag("r", "v1") == (1, iso_date(T0 + 1), index)  # the tag's digest: the index
+    assert store.read_tag("r", "v1")[:3] == (1, iso_date(T0 + 1), index)  # the index digest
     apply(store, DigestFetch("c", "r", amd64, T0 + 2), DigestFetch("c", "r", index, T0 + 3))
     assert store.read_tag("r", "v1").pull_count == 1  # the group was consumed at once
     # the usual multi-arch pull: the index GET pairs, its child is a plain digest pull
@@ -187,3 +190,14 @@ def test_a_child_get_recorded_just_before_the_index_head_pairs_across_processes(
     apply(store, DigestFetch("c", "r", arm64, T0), origin="process-b")
     apply(store, Resolution("c", "r", "v1", index, T0 + 0.5), origin="process-a")
     assert store.read_tag("r", "v1").pull_count == 1
+
+
+def test_pushes_name_the_tag_and_never_move_dates_backwards(store: Store) -> None:
+    d3 = "sha256:" + "3" * 64
+    apply(store, Push("r", "v1", iso_date(T0), D1))
+    assert store.read_tag("r", "v1") == (0, None, D1, iso_date(T0))  # new, never pulled
+    apply(store, TagDelta("r", "v1", 1, iso_date(T0 + 60), D1))
+    apply(store, Push("r", "v1", iso_date(T0 + 120), D2))  # the tag moves
+    assert store.read_tag("r", "v1") == (1, iso_date(T0 + 60), D2, iso_date(T0 + 120))
+    apply(store, Push("r", "v1", iso_date(T0 + 30), d3))  # an older push, landing late
+    assert store.read_tag("r", "v1") == (1, iso_date(T0 + 60), D2, iso_date(T0 + 120))

@@ -98,6 +98,7 @@ class Database:
                         "pull_count": delta.pull_count,
                         "last_pull_date": delta.last_pull_date,
                         "current_manifest_digest": delta.current_manifest_digest,
+                        "last_push_date": delta.last_push_date,
                     }
                 )
                 days = tag_days
@@ -147,12 +148,24 @@ class Database:
         new, old = insert.excluded, table.c
         updates: dict[str, Any] = {"pull_count": old.pull_count + new.pull_count}
         if "last_pull_date" in old:
-            later = (old.last_pull_date.is_(None)) | (new.last_pull_date >= old.last_pull_date)
+            later = old.last_pull_date.is_(None) | (new.last_pull_date >= old.last_pull_date)
             updates["last_pull_date"] = case((later, new.last_pull_date), else_=old.last_pull_date)
-            if "current_manifest_digest" in old:
-                updates["current_manifest_digest"] = case(
-                    (later, new.current_manifest_digest), else_=old.current_manifest_digest
+        if "last_push_date" in old:
+            pushed = old.last_push_date.is_(None) | (new.last_push_date >= old.last_push_date)
+            updates["last_push_date"] = case((pushed, new.last_push_date), else_=old.last_push_date)
+
+            # The digest of whichever learned last what the tag names: a pull or a push.
+            def latest(c: Any) -> Any:
+                pull, push = (
+                    func.coalesce(c.last_pull_date, ""),
+                    func.coalesce(c.last_push_date, ""),
                 )
+                return case((pull >= push, pull), else_=push)
+
+            updates["current_manifest_digest"] = case(
+                (latest(new) >= latest(old), new.current_manifest_digest),
+                else_=old.current_manifest_digest,
+            )
         keys = [column.name for column in table.primary_key.columns]
         return insert.on_conflict_do_update(index_elements=keys, set_=updates)
 
@@ -186,12 +199,12 @@ class Database:
         if wanted["tag"]:
             t = tag_pulls.c
             query = select(t.repository, t.tag, t.pull_count, t.last_pull_date,
-                           t.current_manifest_digest)  # fmt: skip
+                           t.current_manifest_digest, t.last_push_date)  # fmt: skip
             for row in connection.execute(
                 query.where(tuple_(t.repository, t.tag).in_(wanted["tag"]))
             ):
                 key = RecordKey("tag", row[0], row[1])
-                out[key] = Delta(key, row[2], row[3], row[4])
+                out[key] = Delta(key, row[2], row[3], row[4], {}, row[5])
         if wanted["manifest"]:
             m = manifest_pulls.c
             manifests = select(m.repository, m.digest, m.pull_count, m.last_pull_date)

@@ -20,6 +20,7 @@ class Merged(NamedTuple):
     pull_count: int
     last_pull_date: str | None
     current_manifest_digest: str | None
+    last_push_date: str | None = None
 
 
 def merged(store: ClaimStore, database: Database, keys: list[RecordKey]) -> dict[RecordKey, Merged]:
@@ -42,13 +43,14 @@ def merged(store: ClaimStore, database: Database, keys: list[RecordKey]) -> dict
 
 
 def combine(parts: Iterable[Delta]) -> Merged:
-    count, latest = 0, None
+    """Counts add up; dates are the latest; the digest is that of the record that last
+    learned what the tag names (its latest pull or push)."""
+    count, pulled, pushed, newest = 0, None, None, None
     for part in parts:
         count += part.pull_count
-        if part.last_pull_date is not None and (
-            latest is None or part.last_pull_date >= (latest.last_pull_date or "")
-        ):
-            latest = part
-    if latest is None:
-        return Merged(count, None, None)
-    return Merged(count, latest.last_pull_date, latest.current_manifest_digest)
+        pulled = max(pulled or "", part.last_pull_date or "") or None
+        pushed = max(pushed or "", part.last_push_date or "") or None
+        if part.latest and (newest is None or part.latest >= newest.latest):
+            newest = part
+    digest = newest.current_manifest_digest if newest is not None else None
+    return Merged(count, pulled, digest, pushed)

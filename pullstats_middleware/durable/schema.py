@@ -22,6 +22,7 @@ tag_pulls = Table(
     Column("pull_count", BigInteger, nullable=False),
     Column("last_pull_date", DATE),
     Column("current_manifest_digest", DIGEST),
+    Column("last_push_date", DATE),
 )
 
 manifest_pulls = Table(

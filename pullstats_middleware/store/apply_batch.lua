@@ -9,6 +9,7 @@
 -- KEYS[1]               batch marker
 -- KEYS[2 .. 1+nt]       tag hashes        ARGV: count, date, digest
 -- KEYS[.. +nm]          manifest hashes   ARGV: count, date
+-- KEYS[.. +np]          tag hashes pushed ARGV: date, digest
 -- KEYS[.. +ni]          index relations   ARGV: children, space-separated
 -- KEYS[.. +3*ne]        per attribution event: resolution key, unclaimed key, index key
 --                                         ARGV: kind ('h'|'g'), ts, date, repo, tag, digest,
@@ -18,6 +19,7 @@
 -- ARGV[11]              '1' with a database: every hash also counts per UTC day
 --                       ('d:YYYY-MM-DD') and is added to the {prefix}/dirty set
 --                       the flush worker claims from
+-- ARGV[12]              np, the number of pushes
 --
 -- A resolution holds "ts origin tag index", an unclaimed GET "ts origin date".
 -- `index` is the digest a HEAD resolved to when it is an image index whose
@@ -36,6 +38,7 @@ local nt, nm, ne = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local window, skew = tonumber(ARGV[5]), tonumber(ARGV[6])
 local prefix, origin, ni, index_ttl = ARGV[7], ARGV[8], tonumber(ARGV[9]), ARGV[10]
 local durable = ARGV[11] == '1'
+local np = tonumber(ARGV[12])
 local skipped = {}
 
 -- Returns the current count, or nil (and records the key) when the key holds
@@ -100,7 +103,7 @@ local function pairing_key(family, client, repo, digest)
   return prefix .. '/' .. family .. '/' .. client .. '/' .. repo .. '/' .. digest
 end
 
-local a = 12
+local a = 13
 local k = 2
 for _ = 1, nt do
   bump(KEYS[k], tonumber(ARGV[a]), ARGV[a + 1], ARGV[a + 2])
@@ -108,6 +111,26 @@ for _ = 1, nt do
 end
 for _ = 1, nm do
   bump(KEYS[k], tonumber(ARGV[a]), ARGV[a + 1], nil)
+  k, a = k + 1, a + 2
+end
+-- A push: the tag names its digest from now on, and was pushed at that date.
+for _ = 1, np do
+  local key, date, digest = KEYS[k], ARGV[a], ARGV[a + 1]
+  local count = current(key)
+  if count ~= nil then
+    local pushed = redis.call('HGET', key, 'last_push_date')
+    local pulled = redis.call('HGET', key, 'last_pull_date')
+    if not pushed or date >= pushed then
+      redis.call('HSET', key, 'last_push_date', date)
+      if not pulled or date >= pulled then
+        redis.call('HSET', key, 'current_manifest_digest', digest)
+      end
+    end
+    if redis.call('HEXISTS', key, 'pull_count') == 0 then
+      redis.call('HSET', key, 'pull_count', '0')
+    end
+    if durable then redis.call('SADD', prefix .. '/dirty', key) end
+  end
   k, a = k + 1, a + 2
 end
 for _ = 1, ni do

@@ -56,6 +56,15 @@ class DigestFetch(NamedTuple):
     ts: float
 
 
+class Push(NamedTuple):
+    """A manifest PUT by tag the registry answered 201: the tag now names `digest`."""
+
+    repository: str
+    tag: str
+    date: str
+    digest: str
+
+
 class IndexChildren(NamedTuple):
     """An image index (or manifest list) and the manifests it lists, as seen in its body:
     a HEAD that resolves a tag to the index also pairs with a GET of any of them
@@ -72,13 +81,18 @@ class Batch:
     origin: str = ""  # the recording process (pairing allows clock skew only between two)
     tags: list[TagDelta] = field(default_factory=list)
     manifests: list[ManifestDelta] = field(default_factory=list)
+    pushes: list[Push] = field(default_factory=list)
     indexes: list[IndexChildren] = field(default_factory=list)  # applied before the events
     # The two kinds of attribution event, in the order they happened in one process.
     attribution_events: list[Resolution | DigestFetch] = field(default_factory=list)
 
     def __len__(self) -> int:
         return (
-            len(self.tags) + len(self.manifests) + len(self.indexes) + len(self.attribution_events)
+            len(self.tags)
+            + len(self.manifests)
+            + len(self.pushes)
+            + len(self.indexes)
+            + len(self.attribution_events)
         )
 
 
@@ -89,6 +103,7 @@ def cut_batches(
     size: int,
     origin: str = "",
     indexes: dict[tuple[str, str], tuple[str, ...]] | None = None,
+    pushes: dict[tuple[str, str], tuple[float, str]] | None = None,
 ) -> list[Batch]:
     """The recorder's buffer (`[count, ts, digest]` per tag, `[count, ts]` per
     manifest), cut into batches of at most `size` keys, each with a new id."""
@@ -103,6 +118,8 @@ def cut_batches(
         room().tags.append(TagDelta(repo, tag, count, iso_date(ts), digest))
     for (repo, digest, _day), (count, ts) in manifests.items():
         room().manifests.append(ManifestDelta(repo, digest, int(count), iso_date(ts)))
+    for (repo, tag), (ts, digest) in (pushes or {}).items():
+        room().pushes.append(Push(repo, tag, iso_date(ts), digest))
     for (repo, digest), children in (indexes or {}).items():
         room().indexes.append(IndexChildren(repo, digest, children))
     for event in events:
@@ -114,6 +131,7 @@ class TagRecord(NamedTuple):
     pull_count: int
     last_pull_date: str | None
     current_manifest_digest: str | None
+    last_push_date: str | None = None
 
 
 class ManifestRecord(NamedTuple):

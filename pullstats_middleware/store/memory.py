@@ -70,6 +70,8 @@ class MemoryStore:
                     old.pull_count + m.pulls, date
                 )
                 self._count_day(RecordKey("manifest", m.repository, m.digest), m.pulls, m.date)
+            for push in batch.pushes:
+                self._push(push.repository, push.tag, push.date, push.digest)
             for index in batch.indexes:
                 expiry = now + self._index_ttl
                 self._indexes[(index.repository, index.digest)] = (index.children, expiry)
@@ -120,11 +122,28 @@ class MemoryStore:
     def _bump_tag(self, repository: str, tag: str, count: int, date: str, digest: str) -> None:
         old = self._tags.get((repository, tag), NEVER_PULLED_TAG)
         if old.last_pull_date is None or date >= old.last_pull_date:
-            new = TagRecord(old.pull_count + count, date, digest)
+            new = old._replace(
+                pull_count=old.pull_count + count,
+                last_pull_date=date,
+                current_manifest_digest=digest,
+            )
         else:
             new = old._replace(pull_count=old.pull_count + count)
         self._tags[(repository, tag)] = new
         self._count_day(RecordKey("tag", repository, tag), count, date)
+
+    def _push(self, repository: str, tag: str, date: str, digest: str) -> None:
+        old = self._tags.get((repository, tag), NEVER_PULLED_TAG)
+        if old.last_push_date is None or date >= old.last_push_date:
+            newest = old.last_pull_date is None or date >= old.last_pull_date
+            current = digest if newest else old.current_manifest_digest
+            self._tags[(repository, tag)] = old._replace(
+                last_push_date=date, current_manifest_digest=current
+            )
+        elif (repository, tag) not in self._tags:
+            self._tags[(repository, tag)] = old
+        if self.durable:
+            self._dirty.add(RecordKey("tag", repository, tag))
 
     def _count_day(self, key: RecordKey, count: int, date: str) -> None:
         if self.durable:
@@ -152,8 +171,9 @@ class MemoryStore:
             tag = self._tags.get((key.repository, key.name))
             if tag is None:
                 return None
+            days = dict(self._days.get(key, {}))
             return Delta(key, tag.pull_count, tag.last_pull_date, tag.current_manifest_digest,
-                         dict(self._days.get(key, {})))  # fmt: skip
+                         days, tag.last_push_date)  # fmt: skip
         manifest = self._manifests.get((key.repository, key.name))
         if manifest is None:
             return None

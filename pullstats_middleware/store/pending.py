@@ -30,6 +30,12 @@ class Delta:
     last_pull_date: str | None
     current_manifest_digest: str | None = None
     days: Mapping[str, int] = field(default_factory=dict)  # "YYYY-MM-DD" -> pulls
+    last_push_date: str | None = None
+
+    @property
+    def latest(self) -> str:
+        """When this record last learned what its tag names: its last pull or push."""
+        return max(self.last_pull_date or "", self.last_push_date or "")
 
     @classmethod
     def from_fields(cls, key: RecordKey, fields: Mapping[str, str], where: str) -> Delta:
@@ -42,6 +48,7 @@ class Delta:
                 fields.get("last_pull_date"),
                 fields.get("current_manifest_digest"),
                 days,
+                fields.get("last_push_date"),
             )
         except (TypeError, ValueError):
             raise StoreDataError(f"{where} holds a malformed count: {dict(fields)!r}") from None

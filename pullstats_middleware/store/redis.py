@@ -85,6 +85,7 @@ class RedisStore:
             len(batch.indexes),
             INDEX_TTL,
             "1" if self.durable else "0",
+            len(batch.pushes),
         ]
         for t in batch.tags:
             keys.append(self.tag_key(t.repository, t.tag))
@@ -92,6 +93,9 @@ class RedisStore:
         for m in batch.manifests:
             keys.append(self.manifest_key(m.repository, m.digest))
             args += (m.pulls, m.date)
+        for push in batch.pushes:
+            keys.append(self.tag_key(push.repository, push.tag))
+            args += (push.date, push.digest)
         for index in batch.indexes:
             keys.append(self.index_key(index.repository, index.digest))
             args.append(" ".join(index.children))
@@ -111,10 +115,10 @@ class RedisStore:
 
     def read_tag(self, repository: str, tag: str) -> TagRecord:
         key = self.tag_key(repository, tag)
-        count, date, digest = self._hmget(
-            key, "pull_count", "last_pull_date", "current_manifest_digest"
+        count, date, digest, pushed = self._hmget(
+            key, "pull_count", "last_pull_date", "current_manifest_digest", "last_push_date"
         )
-        return TagRecord(_count(key, count), _opt(date), _opt(digest))
+        return TagRecord(_count(key, count), _opt(date), _opt(digest), _opt(pushed))
 
     def read_manifest(self, repository: str, digest: str) -> ManifestRecord:
         key = self.manifest_key(repository, digest)
