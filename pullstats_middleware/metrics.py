@@ -6,6 +6,7 @@ import atexit
 import datetime as dt
 import logging
 import weakref
+from collections.abc import Iterable
 from typing import Any, cast
 
 from pullstats_middleware.config import PullStatsConfig
@@ -17,6 +18,7 @@ from pullstats_middleware.durable import (
     daily,
     merged,
 )
+from pullstats_middleware.durable.reads import combine
 from pullstats_middleware.matchers import validate_digest, validate_repository, validate_tag
 from pullstats_middleware.recorder import Recorder
 from pullstats_middleware.store import MemoryStore, RedisStore, Store
@@ -143,6 +145,43 @@ class PullMetrics:
             raise HistoryUnavailable("pull history needs a database: set PULL_METRICS_DATABASE")
         key = RecordKey(kind, repository, name)
         return daily(cast(ClaimStore, self.store), self.database, key, start, end)
+
+    def get_tags(self, repository: str, also: Iterable[str] = ()) -> list[dict[str, Any]]:
+        """Every tag of `repository` the store or the database knows, and those in `also`
+        (the registry's own list: never-pulled tags get zero counts and null dates),
+        each with the seed's six tag fields and `last_push_date`."""
+        _check(validate_repository(repository))
+        store = cast(ClaimStore, self.store)
+        names = set(also) | store.tags_of(repository)
+        if self.database is not None:
+            with self.database.snapshot(repeatable=False) as connection:
+                names |= self.database.tag_names(connection, repository)
+        tags = self._read_many([RecordKey("tag", repository, name) for name in sorted(names)])
+        digests = {m.current_manifest_digest for m in tags.values() if m.current_manifest_digest}
+        manifests = self._read_many([RecordKey("manifest", repository, d) for d in sorted(digests)])
+        rows = []
+        for key, tag in tags.items():
+            digest = tag.current_manifest_digest
+            manifest = manifests.get(RecordKey("manifest", repository, digest)) if digest else None
+            rows.append(
+                {
+                    "tag_name": key.name,
+                    "tag_pull_count": tag.pull_count,
+                    "last_tag_pull_date": tag.last_pull_date,
+                    "current_manifest_digest": digest,
+                    "manifest_pull_count": manifest.pull_count if manifest else 0,
+                    "last_manifest_pull_date": manifest.last_pull_date if manifest else None,
+                    "last_push_date": tag.last_push_date,
+                }
+            )
+        return rows
+
+    def _read_many(self, keys: list[RecordKey]) -> dict[RecordKey, Merged]:
+        store = cast(ClaimStore, self.store)
+        if self.database is not None:
+            return merged(store, self.database, keys)
+        live = store.pending(keys).live  # one read for all, in Redis one script
+        return {key: combine([live[key]] if key in live else []) for key in keys}
 
     def _read(self, key: RecordKey) -> Merged:
         """Without a database, the store's record; with one, SQL plus what the store holds."""

@@ -228,13 +228,18 @@ def test_adapters_under_hostile_input(
             assert (got_status, got_body) == (status, body)
             continue
         if isinstance(outcome, Response):
-            expected = outcome.status  # 400 or 405, before asking the registry
-        elif 200 <= status < 300:
-            expected = 200 if not outcome.route.name.endswith("history") else history(query)
-        else:  # the registry's refusal, or 503 relaying a registry that failed its probe
-            expected = status if status in (401, 403, 404) else 503
-        assert got_status == expected
-        assert [seen[0] for seen in echo.seen] in ([], ["HEAD"])  # at most the probe
+            expected = {outcome.status}  # 400 or 405, before asking the registry
+        elif not 200 <= status < 300:  # the registry's refusal, or a registry that failed
+            expected = {status if status in (401, 403, 404) else 503}
+        elif outcome.route.name.endswith("history"):
+            expected = {history(query)}
+        elif outcome.route.name == "repository":  # its query, and the tag list the registry
+            expected = {200, 400, 503}  # sent (the body of this example: JSON or not)
+        else:
+            expected = {200}
+        assert got_status in expected
+        probes = [seen[0] for seen in echo.seen]
+        assert probes in ([], ["HEAD"], ["GET"])  # at most the probe the route names
         if method != "HEAD":
             assert isinstance(json.loads(got_body), dict)
         assert metrics.flush(10)

@@ -50,18 +50,19 @@ def route(path: str, method: str = "GET", r: Router | None = None) -> Response |
         ("/api/v1/repository/x/tag/tag/v1/pull_statistics", ("tag", "x/tag", "v1")),
         ("/api/v1/repository/a/manifests/b/tag/v1/pull_statistics", ("tag", "a/manifests/b", "v1")),
         ("/api/v1/repository/a/b/tag/v1", None),
-        ("/api/v1/repository/a/b/labels/v1/pull_statistics", None),
-        ("/api/v1/repository/tag/v1/pull_statistics", None),
+        ("/api/v1/repository/a/b/labels/pull_statistics", ("repository", "a/b/labels", None)),
+        ("/api/v1/repository/tag/v1/pull_statistics", ("repository", "tag/v1", None)),
         ("/api/v1/user/", None),
     ],
 )
-def test_paths(path: str, expected: tuple[str, str, str] | None) -> None:
+def test_paths(path: str, expected: tuple[str, str, str | None] | None) -> None:
     outcome = route(path)
     if expected is None:
         assert outcome is None
         return
     assert isinstance(outcome, RouteCall)
-    assert (outcome.route.name, outcome.args["repository"], outcome.args["reference"]) == expected
+    args = outcome.args
+    assert (outcome.route.name, args["repository"], args.get("reference")) == expected
 
 
 @pytest.mark.parametrize(

@@ -191,9 +191,14 @@ class Database:
         return {row[0] for row in found}
 
     @staticmethod
+    def tag_names(connection: Connection, repository: str) -> set[str]:
+        query = select(tag_pulls.c.tag).where(tag_pulls.c.repository == repository)
+        return {row[0] for row in connection.execute(query)}
+
+    @staticmethod
     def totals(connection: Connection, keys: Iterable[RecordKey]) -> dict[RecordKey, Delta]:
         out: dict[RecordKey, Delta] = {}
-        wanted = {"tag": [], "manifest": []}  # type: dict[str, list[tuple[str, str]]]
+        wanted: dict[str, list[tuple[str, str]]] = {"tag": [], "manifest": []}
         for key in keys:
             wanted[key.kind].append((key.repository, key.name))
         if wanted["tag"]:

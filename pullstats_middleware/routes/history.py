@@ -30,10 +30,12 @@ def date_range(query: str) -> tuple[dt.date, dt.date]:
             400, f"unknown query parameter {unknown[0]!r}; this route takes start and end"
         )
     end = (
-        _date("end", params["end"]) if "end" in params else dt.datetime.now(dt.timezone.utc).date()
+        date_param("end", params["end"])
+        if "end" in params
+        else dt.datetime.now(dt.timezone.utc).date()
     )
     if "start" in params:
-        start = _date("start", params["start"])
+        start = date_param("start", params["start"])
     else:
         start = end - dt.timedelta(days=DEFAULT_DAYS - 1)
     if start > end:
@@ -45,7 +47,7 @@ def date_range(query: str) -> tuple[dt.date, dt.date]:
     return start, end
 
 
-def _date(name: str, value: str) -> dt.date:
+def date_param(name: str, value: str) -> dt.date:
     try:
         if len(value) != 10:
             raise ValueError(value)

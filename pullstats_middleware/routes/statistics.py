@@ -16,6 +16,7 @@ from pullstats_middleware.matchers import (
 )
 from pullstats_middleware.routes.history import manifest_history, tag_history
 from pullstats_middleware.routes.http import Probe, Response, json_response
+from pullstats_middleware.routes.listing import repository_tags
 from pullstats_middleware.routes.router import Route, RouteContext
 
 # What the manifest probe accepts, so the registry answers with the digest a
@@ -76,6 +77,14 @@ ROUTES: tuple[Route, ...] = (
         params={"repository": validate_repository, "reference": validate_digest},
         probe=manifest_head,
         summary="Pull statistics of one manifest, by digest",
+    ),
+    Route(
+        "repository",
+        f"{_REPOSITORY}/pull_statistics",
+        repository_tags,
+        params={"repository": validate_repository},
+        probe=tags_list,
+        summary="Every tag of a repository with its statistics, never-pulled tags included",
     ),
     Route(
         "tag_history",

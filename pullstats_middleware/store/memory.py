@@ -180,6 +180,17 @@ class MemoryStore:
         days = dict(self._days.get(key, {}))
         return Delta(key, manifest.pull_count, manifest.last_pull_date, None, days)
 
+    def tags_of(self, repository: str) -> set[str]:
+        with self._lock:
+            names = {tag for repo, tag in self._tags if repo == repository}
+            for deltas in self._claims.values():
+                names.update(
+                    d.key.name
+                    for d in deltas
+                    if d.key.kind == "tag" and d.key.repository == repository
+                )
+            return names
+
     def claim(self, claim_id: str, limit: int) -> Claim:
         with self._lock:
             taken = [self._dirty.pop() for _ in range(min(limit, len(self._dirty)))]

@@ -150,6 +150,24 @@ class RedisStore:
     def _key(self, record: RecordKey) -> str:
         return f"{self.prefix}/{record.kind}/{record.repository}/{record.name}"
 
+    def tags_of(self, repository: str) -> set[str]:
+        """The tags of `repository` this store holds a record of (live or claimed)."""
+        head = f"{self.prefix}/tag/{repository}/"
+        names = set()
+        try:
+            for raw in self.client.scan_iter(match=_glob(head) + "*", count=1000):
+                key = _text(raw)
+                if "/" not in key[len(head) :]:  # not a tag of a repository below this one
+                    names.add(key[len(head) :])
+            for raw in self.client.smembers(f"{self.prefix}/claims"):
+                where = f"{self.prefix}/claim/{_text(raw)}"
+                for field, _ in self.client.hscan_iter(where, match=_glob(head) + "*", count=1000):
+                    if "/" not in _text(field)[len(head) :]:
+                        names.add(_text(field)[len(head) :])
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        return names
+
     def claim(self, claim_id: str, limit: int) -> Claim:
         keys = [f"{self.prefix}/dirty", f"{self.prefix}/claims", f"{self.prefix}/claim/{claim_id}"]
         claimed = json.loads(self._claim(keys=keys, args=[claim_id, limit]))
@@ -204,6 +222,11 @@ def client_key(identity: str) -> str:
     """The client identity as it appears in a key: hashed, so no credential is written.
     Hashed here, on the recorder thread, never on the request path."""
     return hashlib.blake2b(identity.encode(), digest_size=12).hexdigest()
+
+
+def _glob(text: str) -> str:
+    """`text` as a literal in a SCAN pattern."""
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
 
 
 def _text(value: Any) -> str:
