@@ -13,19 +13,19 @@ import argparse
 import json
 import logging
 import os
-import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any, cast
 
+from pullstats_middleware import cli_text
 from pullstats_middleware.cli_args import build_parser
 from pullstats_middleware.config import ConfigError, PullStatsConfig, RedisSettings
 from pullstats_middleware.matchers import validate_digest, validate_repository, validate_tag
 from pullstats_middleware.serving import StartupError, one_line
+from pullstats_middleware.store import StoreUnavailable
 
 FEATURE = "FEATURE_IMAGE_PULL_STATS"
-_ACCEPT = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json"
 log = logging.getLogger("pullstats_middleware")
 
 
@@ -43,6 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stats=_run_stats,
         db=_run_db,
         flush=_run_flush,
+        tags=_run_tags,
     )
     try:
         args = parser.parse_args(argv)
@@ -123,45 +124,10 @@ def _run_demo(args: argparse.Namespace) -> int:
     sock = serving.listen(args.host, args.port)
     host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(args.host, args.host)
     base = f"http://{f'[{host}]' if ':' in host else host}:{sock.getsockname()[1]}"
-    print(_demo_text(base, args.flush_interval, *images), flush=True)
+    print(cli_text.demo_text(base, args.flush_interval, *images), flush=True)
     serving.setup_logging(args.log_level)
     serving.serve(app, sock, args.host, args.log_level, proxy=False)
     return 0
-
-
-def _demo_text(base: str, flush: float, digest: str, index: str, amd64: str) -> str:
-    def get(path: str, *, head: bool = False, accept: bool = True) -> str:
-        words = ["curl", "-sI" if head else "-s"]
-        words += ["-H", f"Accept: {_ACCEPT}"] if accept else []
-        return shlex.join([*words, base + path])
-
-    hello, multi, stats = "/v2/library/hello/manifests", "/v2/library/multi/manifests", "/api/v1"
-    return "\n".join(
-        [
-            f"pullstats demo: an in-memory registry with pull statistics at {base}",
-            f"  library/hello:v1     {digest}",
-            f"  library/multi:latest {index} (linux/amd64, linux/arm64)",
-            f"  Counts live in this process's memory, written every {flush:g} s.",
-            "",
-            "# 1. pull by tag (docker, podman, skopeo, crane): +1 tag pull, +1 manifest pull",
-            get(f"{hello}/v1"),
-            "# 2. pull by digest: +1 manifest pull, the tag is not counted",
-            get(f"{hello}/{digest}"),
-            "# 3. containerd, Kubernetes: HEAD the tag, then GET the digest: +1 tag, +1 manifest",
-            get(f"{hello}/v1", head=True),
-            get(f"{hello}/{digest}"),
-            "# 4. multi-arch: the index by tag, then the linux/amd64 image by digest",
-            get(f"{multi}/latest"),
-            get(f"{multi}/{amd64}"),
-            "# 5. the statistics (library/hello:v1 now: 2 tag pulls, 3 manifest pulls)",
-            get(f"{stats}/repository/library/hello/tag/v1/pull_statistics", accept=False),
-            get(
-                f"{stats}/repository/library/hello/manifest/{digest}/pull_statistics", accept=False
-            ),
-            get(f"{stats}/repository/library/multi/tag/latest/pull_statistics", accept=False),
-            "",
-        ]
-    )
 
 
 # -- pullstats stats ------------------------------------------------------------------
@@ -211,26 +177,8 @@ def _run_stats(args: argparse.Namespace) -> int:
         raise CLIError(f"cannot read Redis at {where}: {one_line(exc)}") from None
     finally:
         metrics.close(timeout=1)
-    print(json.dumps(payload, indent=2) if args.json else _table(repository, payload))
+    print(json.dumps(payload, indent=2) if args.json else cli_text.stats_table(repository, payload))
     return 0
-
-
-def _table(repository: str, payload: Mapping[str, Any]) -> str:
-    labels = {
-        "tag_name": "tag",
-        "tag_pull_count": "tag pulls",
-        "last_tag_pull_date": "last tag pull",
-        "current_manifest_digest": "current manifest",
-        "manifest_digest": "manifest",
-        "manifest_pull_count": "manifest pulls",
-        "last_manifest_pull_date": "last manifest pull",
-    }
-    rows = [("repository", repository)]
-    for key, value in payload.items():
-        shown = value if value is not None else ("never" if "date" in key else "-")
-        rows.append((labels.get(key, key), str(shown)))
-    width = max(len(label) for label, _ in rows)
-    return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
 
 
 # -- pullstats db, pullstats flush -------------------------------------------------------
@@ -267,6 +215,53 @@ def _run_flush(args: argparse.Namespace) -> int:
     moved = serving.run_flusher(config, once=args.once, interval=interval)
     if args.once:
         print(f"pullstats: moved {moved} record(s) to the database")
+    return 0
+
+
+# -- pullstats stale, pullstats top -----------------------------------------------------
+
+
+def _run_tags(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from pullstats_middleware.metrics import PullMetrics
+
+    problem = validate_repository(args.repository)
+    if problem:
+        raise CLIError(problem)
+    if (args.days is not None and args.days < 1) or (args.limit is not None and args.limit < 1):
+        raise CLIError("--days and --limit must be at least 1")
+    config = load_config(args.config, redis_url=args.redis_url, database=args.database)
+    if config.redis is None and config.database is None:
+        raise CLIError("no Redis or database configured to read the statistics from")
+    metrics = PullMetrics(replace(config, embedded_flusher=False))
+    try:
+        rows = metrics.get_tags(args.repository)
+        today = dt.datetime.now(dt.timezone.utc).date()
+        if args.listing == "stale":
+            cutoff = (today - dt.timedelta(days=args.days)).isoformat()
+            rows = [r for r in rows if (r["last_tag_pull_date"] or "") < cutoff]
+            rows.sort(key=lambda r: (r["last_tag_pull_date"] or "", r["tag_name"]))
+        else:
+            if args.days is not None:
+                if metrics.database is None:
+                    raise CLIError("--days needs the daily history: configure a database")
+                start = today - dt.timedelta(days=args.days - 1)
+                for row in rows:
+                    days = metrics.get_history(
+                        "tag", args.repository, row["tag_name"], start, today
+                    )
+                    row["tag_pull_count"] = sum(count for _, count in days)
+            rows.sort(key=lambda r: (-r["tag_pull_count"], r["tag_name"]))
+    except StoreUnavailable as exc:
+        raise CLIError(f"cannot read the statistics: {one_line(exc)}") from None
+    finally:
+        metrics.close(timeout=1)
+    rows = rows[: args.limit] if args.limit else rows
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(cli_text.tag_table(rows))
     return 0
 
 

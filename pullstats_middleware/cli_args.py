@@ -64,7 +64,13 @@ def wrap(text: str, indent: int = 0) -> str:
 
 
 def build_parser(
-    version: str, proxy: Command, demo: Command, stats: Command, db: Command, flush: Command
+    version: str,
+    proxy: Command,
+    demo: Command,
+    stats: Command,
+    db: Command,
+    flush: Command,
+    tags: Command,
 ) -> argparse.ArgumentParser:
     raw = argparse.RawDescriptionHelpFormatter  # the epilogs are laid out by hand
     parser = _Parser(
@@ -214,6 +220,38 @@ def build_parser(
     _database_flag(command)
     _store_flags(command)
     command.set_defaults(run=flush)
+
+    for name, help_text, description in (
+        (
+            "stale",
+            "tags nobody pulled in the last --days days (never-pulled ones too)",
+            "List the tags of REPOSITORY whose last pull is older than --days days, or that "
+            "were never pulled, least recently pulled first, with their last push: what a "
+            "retention job may delete. Tags are those the statistics know of (pulled or "
+            "pushed through the middleware).",
+        ),
+        (
+            "top",
+            "the most pulled tags of a repository",
+            "List the tags of REPOSITORY by pull count, most pulled first: in all, or in the "
+            "last --days days (that needs the database's daily history).",
+        ),
+    ):
+        command = commands.add_parser(
+            name, help=help_text, description=wrap(description), formatter_class=raw
+        )
+        command.add_argument("repository", metavar="REPOSITORY", help="e.g. library/hello")
+        command.add_argument(
+            "--days", type=int, metavar="D", default=90 if name == "stale" else None,
+            help="not pulled in D days (default 90)" if name == "stale"
+            else "count only the pulls of the last D days",
+        )  # fmt: skip
+        command.add_argument("--limit", type=int, default=20 if name == "top" else None,
+                             metavar="N", help="at most N tags")  # fmt: skip
+        command.add_argument("--json", action="store_true", help="print JSON")
+        _database_flag(command)
+        _store_flags(command)
+        command.set_defaults(run=tags, listing=name)
     return parser
 
 

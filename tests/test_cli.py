@@ -655,3 +655,43 @@ def test_db_upgrade_then_flush_once(
     assert_one_line_error(code, err, "no Redis configured")
     code, _, err = run(["db", "upgrade"], capsys)
     assert_one_line_error(code, err, "no database configured")
+
+
+def test_stale_and_top(redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import redis as redis_client
+
+    from pullstats_middleware.durable import Flusher
+
+    redis_client.Redis.from_url(redis_url).flushall()
+    database = f"sqlite:///{tmp_path / 'pullstats.db'}"
+    assert run(["db", "upgrade", "--database", database], capsys)[0] == 0
+    config = PullStatsConfig(
+        enabled=True, redis={"url": redis_url}, database=database, embedded_flusher=False
+    )
+    metrics = PullMetrics(config)
+    for tag, pulls in (("busy", 5), ("quiet", 1)):
+        for _ in range(pulls):
+            metrics.track_tag_pull("team/app", tag, DIGEST)
+    metrics.recorder.add_push("team/app", "fresh", DIGEST)  # pushed, never pulled
+    assert metrics.flush(10)
+    Flusher(metrics.store, metrics.database).flush()  # type: ignore[arg-type]
+    metrics.close()
+    where = ["--redis-url", redis_url, "--database", database, "--json"]
+    code, out, err = run(["top", "team/app", *where], capsys)
+    assert code == 0, err
+    assert [(r["tag_name"], r["tag_pull_count"]) for r in json.loads(out)] == [
+        ("busy", 5),
+        ("quiet", 1),
+        ("fresh", 0),
+    ]
+    code, out, _ = run(["top", "team/app", "--days", "7", "--limit", "1", *where], capsys)
+    assert [(r["tag_name"], r["tag_pull_count"]) for r in json.loads(out)] == [("busy", 5)]
+    code, out, _ = run(["stale", "team/app", "--days", "1", *where], capsys)
+    stale = json.loads(out)
+    assert [r["tag_name"] for r in stale] == ["fresh"]  # pulled today: not stale
+    assert stale[0]["last_push_date"] is not None  # new, not forgotten: its push shows it
+    code, out, _ = run(["stale", "team/app", "--redis-url", redis_url, "--database", database],
+                       capsys)  # fmt: skip
+    assert out.splitlines()[0].split() == ["TAG", "PULLS", "LAST", "PULL", "LAST", "PUSH"]
+    code, _, err = run(["stale", "Team/App", *where], capsys)
+    assert_one_line_error(code, err, "invalid repository name")
