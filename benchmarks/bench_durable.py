@@ -94,6 +94,66 @@ def read_micros(metrics: PullMetrics, rounds: int = 2000) -> float:
     return statistics.median(times) * 1e6
 
 
+def listing_and_history(
+    client: redis.Redis, redis_url: str, database_url: str
+) -> list[tuple[str, str, str, str]]:
+    """A repository of 10,000 tags with a year of daily history, all flushed to SQL."""
+    import datetime as dt
+
+    from pullstats_middleware.routes.history import date_range
+    from pullstats_middleware.store.pending import RecordKey  # noqa: F401 (for readers)
+
+    client.flushall()
+    store = RedisStore(client, durable=True)
+    today = dt.datetime.now(dt.timezone.utc).date()
+    for first in range(0, 10_000, 1000):
+        batch = Batch(uuid.uuid4().hex)
+        for i in range(first, first + 1000):
+            date = f"{today - dt.timedelta(days=i % 365)}T10:00:00Z"
+            batch.tags.append(TagDelta("bench/many", f"t{i}", 1 + i % 7, date, digest(i)))
+        store.apply(batch, window=10.0, skew=1.0)
+    for day in range(365):  # one tag with a pull on every day of the year
+        date = f"{today - dt.timedelta(days=day)}T10:00:00Z"
+        pulls = [TagDelta("bench/many", "t0", 2, date, digest(0))]
+        store.apply(Batch(uuid.uuid4().hex, tags=pulls), window=10.0, skew=1.0)
+    database = fresh_database(database_url)
+    Flusher(store, database).flush()
+    database.close()
+    redis_settings: Any = {"url": redis_url}
+    metrics = PullMetrics(
+        PullStatsConfig(
+            enabled=True, redis=redis_settings, database=database_url, embedded_flusher=False
+        )
+    )
+    start, end = date_range(f"start={today - dt.timedelta(days=364)}&end={today}")
+
+    def median_ms(call: Any, rounds: int) -> float:
+        times = []
+        for _ in range(rounds):
+            began = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - began)
+        return statistics.median(times) * 1000
+
+    def page() -> None:
+        rows = metrics.get_tags("bench/many")
+        rows.sort(key=lambda r: (r["last_tag_pull_date"] or "", r["tag_name"]))
+        assert len(rows[:100]) == 100
+
+    history_ms = median_ms(lambda: metrics.get_history("tag", "bench/many", "t0", start, end), 50)
+    page_ms = median_ms(page, 10)
+    metrics.close()
+    return [
+        ("history, 365 days of one tag", f"{history_ms:.1f} ms", "", "≤ 10 ms"),
+        (
+            "listing page, 100 of 10,000 tags by last pull",
+            f"{page_ms:.1f} ms",
+            "",
+            "≤ 10 ms",
+        ),
+    ]
+
+
 def memory(client: redis.Redis) -> int:
     return int(client.info("memory")["used_memory"])
 
@@ -130,6 +190,8 @@ def main() -> None:
                      f"+{(durable_read - plain_read) / 1000:.2f} ms"))  # fmt: skip
         plain.close()
         durable.close()
+
+        rows += listing_and_history(client, server.url, pg.url)
 
         client.flushall()
         metrics = PullMetrics(
