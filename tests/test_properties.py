@@ -25,9 +25,9 @@ from pullstats_middleware import (
     PullStatsConfig,
     PullStatsMiddleware,
 )
+from pullstats_middleware.buffer import _fold
 from pullstats_middleware.matchers import OCIMatcher, is_digest, validate_repository
 from pullstats_middleware.matchers.oci import MAX_DIGEST_LENGTH, MAX_REPOSITORY_LENGTH
-from pullstats_middleware.recorder import _fold
 from pullstats_middleware.routes import ROUTES, Request, Response, RouteCall, RouteError, Router
 from pullstats_middleware.routes.history import date_range
 from pullstats_middleware.store import DigestFetch, MemoryStore, RedisStore, Resolution

@@ -7,7 +7,9 @@ PostgreSQL through psycopg 3. One statement shape serves both: an upsert
 
 from __future__ import annotations
 
+import os
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -22,7 +24,6 @@ from sqlalchemy import (
     event,
     func,
     select,
-    tuple_,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
@@ -45,6 +46,7 @@ class Database:
         self.dialect = self.engine.dialect.name
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
+        _live.add(self)
 
     def upgrade(self) -> None:
         """Create or migrate the schema to the newest revision the package ships."""
@@ -197,28 +199,52 @@ class Database:
 
     @staticmethod
     def totals(connection: Connection, keys: Iterable[RecordKey]) -> dict[RecordKey, Delta]:
-        out: dict[RecordKey, Delta] = {}
-        wanted: dict[str, list[tuple[str, str]]] = {"tag": [], "manifest": []}
+        """The SQL rows of `keys`: per repository, one query; for a long list of names
+        (a repository listing) the repository's rows, filtered here, rather than an
+        IN list PostgreSQL would have to parse."""
+        wanted: dict[tuple[str, str], set[str]] = {}
         for key in keys:
-            wanted[key.kind].append((key.repository, key.name))
-        if wanted["tag"]:
-            t = tag_pulls.c
-            query = select(t.repository, t.tag, t.pull_count, t.last_pull_date,
-                           t.current_manifest_digest, t.last_push_date)  # fmt: skip
-            for row in connection.execute(
-                query.where(tuple_(t.repository, t.tag).in_(wanted["tag"]))
-            ):
-                key = RecordKey("tag", row[0], row[1])
-                out[key] = Delta(key, row[2], row[3], row[4], {}, row[5])
-        if wanted["manifest"]:
-            m = manifest_pulls.c
-            manifests = select(m.repository, m.digest, m.pull_count, m.last_pull_date)
-            for found in connection.execute(
-                manifests.where(tuple_(m.repository, m.digest).in_(wanted["manifest"]))
-            ):
-                key = RecordKey("manifest", found[0], found[1])
-                out[key] = Delta(key, found[2], found[3])
+            wanted.setdefault((key.kind, key.repository), set()).add(key.name)
+        out: dict[RecordKey, Delta] = {}
+        t, m = tag_pulls.c, manifest_pulls.c
+        for (kind, repository), names in wanted.items():
+            if kind == "tag":
+                name = t.tag
+                query = select(t.tag, t.pull_count, t.last_pull_date, t.current_manifest_digest,
+                               t.last_push_date).where(t.repository == repository)  # fmt: skip
+            else:
+                name = m.digest
+                query = select(m.digest, m.pull_count, m.last_pull_date).where(
+                    m.repository == repository
+                )
+            if len(names) <= _IN_LIST_MAX:
+                query = query.where(name.in_(sorted(names)))
+            for row in connection.execute(query):
+                if row[0] not in names:
+                    continue
+                key = RecordKey(kind, repository, row[0])
+                if kind == "tag":
+                    out[key] = Delta(key, row[1], row[2], row[3], {}, row[4])
+                else:
+                    out[key] = Delta(key, row[1], row[2])
         return out
+
+
+_IN_LIST_MAX = 500  # names asked by value; beyond, the repository's rows are read whole
+
+
+_live: weakref.WeakSet[Database] = weakref.WeakSet()
+
+
+def _forget_connections_after_fork() -> None:
+    # A forked child (gunicorn --preload) must not use its parent's connections:
+    # it opens its own, and leaves the parent's to the parent.
+    for database in list(_live):
+        database.engine.dispose(close=False)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_connections_after_fork)
 
 
 def _alembic_config() -> Any:

@@ -1,0 +1,215 @@
+"""The bounded, coalescing buffer: everything the request thread touches.
+
+The request thread only ever touches dicts under a lock (docs/design.md,
+"Reliability"): repeated pulls of one key are one counter, so the buffer's size
+is the number of distinct keys (per UTC day), capped. One cap covers the
+buffer and the batches waiting for the store; past it, new keys are dropped
+and counted, known keys keep counting. `Recorder` (recorder.py) adds the
+thread that empties it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from typing import Any
+
+from pullstats_middleware.store.base import DigestFetch, Resolution
+
+log = logging.getLogger("pullstats_middleware")
+
+_WARN_EVERY = 60.0  # seconds between repeated warnings of one kind
+
+
+class PullBuffer:
+    """The request thread's side of the recorder. Subclasses start the thread that
+    empties it (`_start`) the first time something is added."""
+
+    max_keys: int
+    _thread: threading.Thread | None
+    _pending_keys: int  # keys in batches waiting for the store: under the same cap
+
+    def __init__(self, max_keys: int) -> None:
+        self.max_keys = max_keys
+        self.dropped = 0  # pulls refused because the buffer was full
+        self.dropped_events = 0  # attribution events refused because the buffer was full
+        self.excluded = 0  # pulls by excluded clients (scanners, robots): not counted
+        self._last_warning: dict[str, float] = {}
+
+    def _reset_buffer(self) -> None:
+        self._lock = threading.Lock()
+        # Keyed by UTC day too, so a count never straddles midnight: daily history
+        # stays exact however long the store is away.
+        self._tags: dict[tuple[str, str, int], list[Any]] = {}  # -> [count, ts, digest]
+        self._manifests: dict[tuple[str, str, int], list[float]] = {}  # -> [count, ts]
+        # Attribution events per (client, repository, digest), in order; a run of
+        # repeats is folded (see _fold), so a busy key holds a few events, not one each.
+        self._events: dict[tuple[str, str, str], list[Resolution | DigestFetch]] = {}
+        self._event_count = 0
+        self._indexes: dict[tuple[str, str], tuple[str, ...]] = {}  # index -> its children
+        self._pushes: dict[tuple[str, str], tuple[float, str]] = {}  # tag -> (ts, digest)
+        # Which process recorded an event: within one process the order of a HEAD
+        # and a GET is known exactly, so the store allows clock skew only between two.
+        self._origin = uuid.uuid4().hex[:16]
+
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def add_tag_pull(self, repository: str, tag: str, digest: str) -> None:
+        now = _now()
+        day = int(now // 86400)
+        tag_key = (repository, tag, day)
+        manifest_key = (repository, digest, day)
+        with self._lock:
+            entry = self._tags.get(tag_key)
+            if entry is not None:
+                entry[0] += 1
+                entry[1] = now
+                entry[2] = digest
+            elif self._full():
+                self._drop()
+                return
+            else:
+                self._tags[tag_key] = [1, now, digest]
+            counter = self._manifests.get(manifest_key)
+            if counter is not None:
+                counter[0] += 1
+                counter[1] = now
+            elif self._full():
+                self._drop()
+            else:
+                self._manifests[manifest_key] = [1, now]
+        if self._thread is None:
+            self._start()
+
+    def add_manifest_pull(self, repository: str, digest: str, now: float | None = None) -> None:
+        now = _now() if now is None else now
+        key = (repository, digest, int(now // 86400))
+        with self._lock:
+            counter = self._manifests.get(key)
+            if counter is not None:
+                counter[0] += 1
+                if now > counter[1]:
+                    counter[1] = now
+            elif self._full():
+                self._drop()
+            else:
+                self._manifests[key] = [1, now]
+        if self._thread is None:
+            self._start()
+
+    def add_attribution_event(self, event: Resolution | DigestFetch) -> None:
+        key = (event.client, event.repository, event.digest)
+        with self._lock:
+            run = self._events.get(key)
+            if run is not None and _fold(run, event):
+                pass
+            elif self._full():
+                self.dropped_events += 1
+                self._warn(
+                    "events",
+                    "pull statistics buffer is full (%d keys); HEAD/GET pairing events are "
+                    "dropped (%d so far): some containerd tag pulls count as digest pulls",
+                    self.max_keys,
+                    self.dropped_events,
+                )
+            else:
+                self._event_count += 1
+                if run is None:
+                    self._events[key] = [event]
+                else:
+                    run.append(event)
+        if isinstance(event, DigestFetch):
+            # The fetched manifest counts whatever the pairing decides.
+            self.add_manifest_pull(event.repository, event.digest, event.ts)
+        elif self._thread is None:
+            self._start()
+
+    def add_push(self, repository: str, tag: str, digest: str) -> None:
+        """A manifest pushed by tag: the tag names `digest` from now on."""
+        key = (repository, tag)
+        with self._lock:
+            if key not in self._pushes and self._full():
+                self.dropped_events += 1
+                return
+            self._pushes[key] = (_now(), digest)
+        if self._thread is None:
+            self._start()
+
+    def add_index(self, repository: str, digest: str, children: tuple[str, ...]) -> None:
+        """An image index seen in a response body, and the manifests it lists."""
+        key = (repository, digest)
+        with self._lock:
+            if key not in self._indexes and self._full():
+                self.dropped_events += 1
+                return
+            self._indexes[key] = children
+
+    def add_excluded_pull(self) -> None:
+        """A pull by a client PULL_METRICS_EXCLUDE names: counted here, nowhere else."""
+        with self._lock:
+            self.excluded += 1
+
+    def _full(self) -> bool:
+        # Batches waiting for the store count too: memory stays under one cap.
+        held = len(self._tags) + len(self._manifests) + len(self._indexes) + len(self._pushes)
+        held += self._event_count
+        held += self._pending_keys
+        return held >= self.max_keys
+
+    def _drop(self) -> None:
+        self.dropped += 1
+        self._warn(
+            "full",
+            "pull statistics buffer is full (%d keys); new keys are dropped "
+            "(%d so far) until the store catches up",
+            self.max_keys,
+            self.dropped,
+        )
+
+    def _warn(self, kind: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last_warning.get(kind, -_WARN_EVERY) >= _WARN_EVERY:
+            self._last_warning[kind] = now
+            log.warning(message, *args)
+
+    def __len__(self) -> int:
+        """Distinct keys buffered (not counting batches waiting for the store)."""
+        held = len(self._tags) + len(self._manifests) + len(self._indexes) + len(self._pushes)
+        return held + self._event_count
+
+    def _take_buffer(self) -> tuple[Any, ...]:
+        """Swap the buffer out: (tags, manifests, events, indexes, pushes)."""
+        with self._lock:
+            tags, self._tags = self._tags, {}
+            manifests, self._manifests = self._manifests, {}
+            runs, self._events, self._event_count = self._events, {}, 0
+            indexes, self._indexes = self._indexes, {}
+            pushes, self._pushes = self._pushes, {}
+        events = [event for run in runs.values() for event in run]
+        return tags, manifests, events, indexes, pushes
+
+
+def _fold(run: list[Resolution | DigestFetch], event: Resolution | DigestFetch) -> bool:
+    """Fold `event` into the run of events of its key when the store would end in the
+    same state with or without it; True when folded (it takes no buffer slot).
+
+    The store pairs a GET with a waiting HEAD, else keeps the *first* unpaired GET;
+    it keeps the *last* HEAD. So in a run of repeats, a third GET changes nothing,
+    and a HEAD that follows two HEADs of the same tag can take the second's place.
+    """
+    if len(run) < 2:
+        return False
+    last, before = run[-1], run[-2]
+    if isinstance(event, DigestFetch):
+        return isinstance(last, DigestFetch) and isinstance(before, DigestFetch)
+    repeated = isinstance(last, Resolution) and isinstance(before, Resolution)
+    if repeated and last.tag == event.tag == before.tag:  # type: ignore[union-attr]
+        run[-1] = event
+        return True
+    return False
+
+
+_now = time.time
