@@ -7,22 +7,16 @@ import datetime as dt
 import logging
 import weakref
 from collections.abc import Iterable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from pullstats_middleware.config import PullStatsConfig
-from pullstats_middleware.durable import (
-    Database,
-    Flusher,
-    FlusherThread,
-    Merged,
-    daily,
-    merged,
-)
-from pullstats_middleware.durable.reads import combine
+from pullstats_middleware.config import ConfigError, PullStatsConfig
 from pullstats_middleware.matchers import validate_digest, validate_repository, validate_tag
 from pullstats_middleware.recorder import Recorder
 from pullstats_middleware.store import MemoryStore, RedisStore, Store
-from pullstats_middleware.store.pending import ClaimStore, RecordKey
+from pullstats_middleware.store.pending import ClaimStore, Merged, RecordKey, combine
+
+if TYPE_CHECKING:  # the durable store needs the [sql] extra: imported only when configured
+    from pullstats_middleware.durable import Database, FlusherThread
 
 log = logging.getLogger("pullstats_middleware")
 
@@ -56,6 +50,14 @@ class PullMetrics:
         self.database: Database | None = None
         self.flusher: FlusherThread | None = None
         if config.database is not None:
+            try:
+                from pullstats_middleware.durable import Database, Flusher, FlusherThread
+            except ImportError as exc:
+                raise ConfigError(
+                    f"PULL_METRICS_DATABASE needs SQLAlchemy ({exc}): "
+                    "pip install 'pullstats-middleware[sql]'"
+                ) from None
+
             self.database = Database(config.database)
             if config.embedded_flusher:
                 flusher = Flusher(cast(ClaimStore, store), self.database)
@@ -112,6 +114,8 @@ class PullMetrics:
         manifest: Merged | None
         if current_digest and self.database is not None:  # both in one read
             manifest_key = RecordKey("manifest", repository, current_digest)
+            from pullstats_middleware.durable import merged
+
             both = merged(cast(ClaimStore, self.store), self.database, [tag_key, manifest_key])
             record, manifest, digest = both[tag_key], both[manifest_key], current_digest
         else:
@@ -143,6 +147,8 @@ class PullMetrics:
         inclusive, zero-filled. Needs a database (HistoryUnavailable without one)."""
         if self.database is None:
             raise HistoryUnavailable("pull history needs a database: set PULL_METRICS_DATABASE")
+        from pullstats_middleware.durable import daily
+
         key = RecordKey(kind, repository, name)
         return daily(cast(ClaimStore, self.store), self.database, key, start, end)
 
@@ -179,6 +185,8 @@ class PullMetrics:
     def _read_many(self, keys: list[RecordKey]) -> dict[RecordKey, Merged]:
         store = cast(ClaimStore, self.store)
         if self.database is not None:
+            from pullstats_middleware.durable import merged
+
             return merged(store, self.database, keys)
         live = store.pending(keys).live  # one read for all, in Redis one script
         return {key: combine([live[key]] if key in live else []) for key in keys}
@@ -189,6 +197,8 @@ class PullMetrics:
             if key.kind == "tag":
                 return Merged(*self.store.read_tag(key.repository, key.name))
             return Merged(*self.store.read_manifest(key.repository, key.name), None)
+        from pullstats_middleware.durable import merged
+
         return merged(cast(ClaimStore, self.store), self.database, [key])[key]
 
     def health(self) -> dict[str, int]:

@@ -196,3 +196,23 @@ def test_statistics_off_says_so_once_at_start_up(caplog: pytest.LogCaptureFixtur
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 2
     assert all("FEATURE_IMAGE_PULL_STATS=true" in line and "off" in line for line in lines)
+
+
+def test_the_core_runs_without_the_sql_extra() -> None:
+    """SQLAlchemy is the [sql] extra: without it everything else imports and counts, and
+    a configured database says what to install."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; sys.modules['sqlalchemy'] = None; sys.modules['alembic'] = None\n"
+        "import pullstats_middleware.cli, pullstats_middleware.proxy\n"
+        "from pullstats_middleware import ConfigError, PullMetrics, PullStatsConfig\n"
+        "m = PullMetrics(PullStatsConfig(enabled=True)); m.track_tag_pull('a/b', 'v1', "
+        "'sha256:' + 'a' * 64); assert m.flush(5); m.close()\n"
+        "try:\n    PullMetrics(PullStatsConfig(enabled=True, database='sqlite://'))\n"
+        "except ConfigError as e:\n    print(e)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "pip install 'pullstats-middleware[sql]'" in done.stdout

@@ -9,18 +9,8 @@ counted twice, nothing pulled is missing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import NamedTuple
-
 from pullstats_middleware.durable.database import Database
-from pullstats_middleware.store.pending import ClaimStore, Delta, RecordKey
-
-
-class Merged(NamedTuple):
-    pull_count: int
-    last_pull_date: str | None
-    current_manifest_digest: str | None
-    last_push_date: str | None = None
+from pullstats_middleware.store.pending import ClaimStore, Merged, RecordKey, combine
 
 
 def merged(store: ClaimStore, database: Database, keys: list[RecordKey]) -> dict[RecordKey, Merged]:
@@ -40,17 +30,3 @@ def merged(store: ClaimStore, database: Database, keys: list[RecordKey]) -> dict
         ]
         out[key] = combine(p for p in parts if p is not None)
     return out
-
-
-def combine(parts: Iterable[Delta]) -> Merged:
-    """Counts add up; dates are the latest; the digest is that of the record that last
-    learned what the tag names (its latest pull or push)."""
-    count, pulled, pushed, newest = 0, None, None, None
-    for part in parts:
-        count += part.pull_count
-        pulled = max(pulled or "", part.last_pull_date or "") or None
-        pushed = max(pushed or "", part.last_push_date or "") or None
-        if part.latest and (newest is None or part.latest >= newest.latest):
-            newest = part
-    digest = newest.current_manifest_digest if newest is not None else None
-    return Merged(count, pulled, digest, pushed)

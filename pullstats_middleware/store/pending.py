@@ -8,7 +8,7 @@ live and what is claimed but not yet committed (`Pending`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
@@ -78,3 +78,24 @@ class ClaimStore(Protocol):
     def pending(self, keys: list[RecordKey]) -> Pending: ...
 
     def tags_of(self, repository: str) -> set[str]: ...
+
+
+class Merged(NamedTuple):
+    pull_count: int
+    last_pull_date: str | None
+    current_manifest_digest: str | None
+    last_push_date: str | None = None
+
+
+def combine(parts: Iterable[Delta]) -> Merged:
+    """Counts add up; dates are the latest; the digest is that of the record that last
+    learned what the tag names (its latest pull or push)."""
+    count, pulled, pushed, newest = 0, None, None, None
+    for part in parts:
+        count += part.pull_count
+        pulled = max(pulled or "", part.last_pull_date or "") or None
+        pushed = max(pushed or "", part.last_push_date or "") or None
+        if part.latest and (newest is None or part.latest >= newest.latest):
+            newest = part
+    digest = newest.current_manifest_digest if newest is not None else None
+    return Merged(count, pulled, digest, pushed)
