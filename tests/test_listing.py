@@ -14,19 +14,11 @@ from pullstats_middleware import PullMetrics, PullStatsConfig
 from pullstats_middleware.demo_registry import MemoryRegistry
 from pullstats_middleware.durable import Database, Flusher
 from pullstats_middleware.store import MemoryStore
-from tests.apps import Driver, make_driver
+from tests.apps import TAG_FIELDS, Driver, make_driver
 
 ALICE = "Basic " + base64.b64encode(b"alice:wonderland").decode()
 LISTING = "/api/v1/repository/team/app/pull_statistics"
-SEVEN = [
-    "tag_name",
-    "tag_pull_count",
-    "last_tag_pull_date",
-    "current_manifest_digest",
-    "manifest_pull_count",
-    "last_manifest_pull_date",
-    "last_push_date",
-]
+SEVEN = [*TAG_FIELDS, "last_push_date"]
 
 
 @pytest.fixture

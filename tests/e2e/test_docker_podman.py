@@ -27,7 +27,7 @@ from tests.e2e.oci_image import (
     build_multiarch_image,
     build_tiny_image,
 )
-from tests.e2e.services import DockerRegistry, PullstatsProxy, RedisServer, skopeo_push
+from tests.e2e.services import PullstatsProxy, skopeo_push
 from tests.e2e.test_proxy_pulls import (
     HOST_PLATFORM,
     Sentinel,
@@ -40,24 +40,6 @@ from tests.e2e.test_proxy_pulls import (
 pytestmark = pytest.mark.e2e
 
 OTHER_PLATFORM = "linux/arm64" if HOST_PLATFORM != "linux/arm64" else "linux/amd64"
-
-
-@pytest.fixture(scope="module")
-def redis() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def registry() -> Iterator[DockerRegistry]:
-    with DockerRegistry() as reg:
-        yield reg
-
-
-@pytest.fixture(scope="module")
-def proxy(registry: DockerRegistry, redis: RedisServer) -> Iterator[PullstatsProxy]:
-    with PullstatsProxy(registry.url, redis.url) as service:
-        yield service
 
 
 @dataclass

@@ -449,24 +449,6 @@ def scenario() -> Scenario:
 
 
 @pytest.fixture(scope="module")
-def redis() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def registry() -> Iterator[DockerRegistry]:
-    with DockerRegistry() as reg:
-        yield reg
-
-
-@pytest.fixture(scope="module")
-def proxy(registry: DockerRegistry, redis: RedisServer) -> Iterator[PullstatsProxy]:
-    with PullstatsProxy(registry.url, redis.url) as service:
-        yield service
-
-
-@pytest.fixture(scope="module")
 def containerd() -> Iterator[Containerd]:
     with Containerd() as ctrd:
         yield ctrd
