@@ -158,13 +158,16 @@ class PullMetrics:
         each with the seed's six tag fields and `last_push_date`."""
         _check(validate_repository(repository))
         store = cast(ClaimStore, self.store)
-        names = set(also) | store.tags_of(repository)
+        held = store.held("tag", repository)
+        names = set(also) | held
         if self.database is not None:
             with self.database.snapshot(repeatable=False) as connection:
                 names |= self.database.tag_names(connection, repository)
-        tags = self._read_many([RecordKey("tag", repository, name) for name in sorted(names)])
+        tag_keys = [RecordKey("tag", repository, name) for name in sorted(names)]
+        tags = self._read_many(tag_keys, held)
         digests = {m.current_manifest_digest for m in tags.values() if m.current_manifest_digest}
-        manifests = self._read_many([RecordKey("manifest", repository, d) for d in sorted(digests)])
+        manifest_keys = [RecordKey("manifest", repository, d) for d in sorted(digests)]
+        manifests = self._read_many(manifest_keys, store.held("manifest", repository))
         rows = []
         for key, tag in tags.items():
             digest = tag.current_manifest_digest
@@ -182,13 +185,15 @@ class PullMetrics:
             )
         return rows
 
-    def _read_many(self, keys: list[RecordKey]) -> dict[RecordKey, Merged]:
+    def _read_many(self, keys: list[RecordKey], held: set[str]) -> dict[RecordKey, Merged]:
+        """Many records at once; `held`: the names the store holds (only those are read)."""
         store = cast(ClaimStore, self.store)
         if self.database is not None:
             from pullstats_middleware.durable import merged
 
-            return merged(store, self.database, keys)
-        live = store.pending(keys).live  # one read for all, in Redis one script
+            return merged(store, self.database, keys, held)
+        asked = [key for key in keys if key.name in held]
+        live = store.pending(asked).live  # one read for all, in Redis one script
         return {key: combine([live[key]] if key in live else []) for key in keys}
 
     def _read(self, key: RecordKey) -> Merged:

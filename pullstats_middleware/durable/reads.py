@@ -13,8 +13,13 @@ from pullstats_middleware.durable.database import Database
 from pullstats_middleware.store.pending import ClaimStore, Merged, RecordKey, combine
 
 
-def merged(store: ClaimStore, database: Database, keys: list[RecordKey]) -> dict[RecordKey, Merged]:
-    pending = store.pending(keys)
+def merged(
+    store: ClaimStore, database: Database, keys: list[RecordKey], held: set[str] | None = None
+) -> dict[RecordKey, Merged]:
+    """`held`: when the caller knows them, the names the store holds a record of: only
+    those are asked of it (a listing's thousands of flushed tags are not)."""
+    asked = keys if held is None else [key for key in keys if key.name in held]
+    pending = store.pending(asked)
     # Usually no claim is open: one statement, no snapshot isolation to ask for.
     kinds = {key.kind for key in keys}
     with database.snapshot(repeatable=bool(pending.claims) or len(kinds) > 1) as connection:

@@ -180,14 +180,15 @@ class MemoryStore:
         days = dict(self._days.get(key, {}))
         return Delta(key, manifest.pull_count, manifest.last_pull_date, None, days)
 
-    def tags_of(self, repository: str) -> set[str]:
+    def held(self, kind: str, repository: str) -> set[str]:
         with self._lock:
-            names = {tag for repo, tag in self._tags if repo == repository}
+            table: dict[Any, Any] = self._tags if kind == "tag" else self._manifests
+            names = {name for repo, name in table if repo == repository}
             for deltas in self._claims.values():
                 names.update(
                     d.key.name
                     for d in deltas
-                    if d.key.kind == "tag" and d.key.repository == repository
+                    if d.key.kind == kind and d.key.repository == repository
                 )
             return names
 

@@ -77,7 +77,9 @@ class ClaimStore(Protocol):
 
     def pending(self, keys: list[RecordKey]) -> Pending: ...
 
-    def tags_of(self, repository: str) -> set[str]: ...
+    def held(self, kind: str, repository: str) -> set[str]:
+        """Names of `kind` records of `repository` the store holds, live or claimed."""
+        ...
 
 
 class Merged(NamedTuple):

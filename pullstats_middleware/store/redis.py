@@ -150,9 +150,10 @@ class RedisStore:
     def _key(self, record: RecordKey) -> str:
         return f"{self.prefix}/{record.kind}/{record.repository}/{record.name}"
 
-    def tags_of(self, repository: str) -> set[str]:
-        """The tags of `repository` this store holds a record of (live or claimed)."""
-        head = f"{self.prefix}/tag/{repository}/"
+    def held(self, kind: str, repository: str) -> set[str]:
+        """The names of `repository`'s tags (`kind` "tag") or manifests this store holds a
+        record of, live or claimed: with a database, only what is not yet flushed."""
+        head = f"{self.prefix}/{kind}/{repository}/"
         names = set()
         try:
             for raw in self.client.scan_iter(match=_glob(head) + "*", count=1000):
