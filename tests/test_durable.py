@@ -309,3 +309,16 @@ def test_a_push_reaches_sql_and_the_newer_of_push_and_pull_names_the_tag(
         row = connection.execute(sa.select(tag_pulls)).one()
     assert (row.current_manifest_digest, row.last_push_date) == (D2, pushed)
     database.close()
+
+
+def test_a_database_that_cannot_be_read_is_a_503(kind: str, registry: Any, tmp_path: Path) -> None:
+    """Never a made-up zero, never a 500: the routes answer 503 with Retry-After."""
+    url = f"sqlite:///{tmp_path / 'absent-dir' / 'pullstats.db'}"  # cannot be opened
+    config = PullStatsConfig(enabled=True, database=url, embedded_flusher=False)
+    metrics = PullMetrics(config, store=MemoryStore())
+    driver = make_driver(kind, registry, config, metrics)
+    for path in ("tag/v1/pull_statistics", "tag/v1/pull_statistics/history", "pull_statistics"):
+        result = driver.get(f"/api/v1/repository/library/hello/{path}")
+        assert result.status == 503, path
+        assert result.headers["retry-after"] == "5"
+    metrics.close()

@@ -26,7 +26,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from pullstats_middleware.durable.schema import (
     flush_claims,
@@ -35,7 +35,7 @@ from pullstats_middleware.durable.schema import (
     tag_daily,
     tag_pulls,
 )
-from pullstats_middleware.store.base import iso_date
+from pullstats_middleware.store.base import StoreUnavailable, iso_date
 from pullstats_middleware.store.pending import Claim, Delta, RecordKey
 
 
@@ -176,11 +176,15 @@ class Database:
     @contextmanager
     def snapshot(self, *, repeatable: bool = True) -> Iterator[Connection]:
         """One read transaction: totals and committed claim ids seen at one moment.
-        `repeatable` False: a single statement will be run, which sees one moment anyway."""
-        with self.engine.connect() as connection, connection.begin():
-            if repeatable and self.dialect == "postgresql":
-                connection.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            yield connection
+        `repeatable` False: a single statement will be run, which sees one moment anyway.
+        A database that cannot be read raises StoreUnavailable (the routes answer 503)."""
+        try:
+            with self.engine.connect() as connection, connection.begin():
+                if repeatable and self.dialect == "postgresql":
+                    connection.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                yield connection
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"the database: {type(exc).__name__}: {exc.args[0]}") from exc
 
     @staticmethod
     def committed(connection: Connection, claim_ids: Iterable[str]) -> set[str]:
