@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any, cast
@@ -120,14 +121,26 @@ def _run_proxy(args: argparse.Namespace) -> int:
 def _run_demo(args: argparse.Namespace) -> int:
     from pullstats_middleware import serving
 
-    app, images = serving.demo_app(args.flush_interval)
+    database = args.database
+    if database is None and _have_sqlalchemy():  # the embedded default: an SQLite file
+        database = f"sqlite:///{tempfile.mkdtemp(prefix='pullstats-demo-')}/pullstats.db"
+    elif database == "none":
+        database = None
+    app, images = serving.demo_app(args.flush_interval, database)
     sock = serving.listen(args.host, args.port)
     host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(args.host, args.host)
     base = f"http://{f'[{host}]' if ':' in host else host}:{sock.getsockname()[1]}"
-    print(cli_text.demo_text(base, args.flush_interval, *images), flush=True)
+    where = serving.describe_database(database) if database else None
+    print(cli_text.demo_text(base, args.flush_interval, *images, database=where), flush=True)
     serving.setup_logging(args.log_level)
     serving.serve(app, sock, args.host, args.log_level, proxy=False)
     return 0
+
+
+def _have_sqlalchemy() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("sqlalchemy") is not None
 
 
 # -- pullstats stats ------------------------------------------------------------------

@@ -150,6 +150,12 @@ def build_parser(
     )
     _listen_flags(command, 8080)
     command.add_argument(
+        "--database",
+        metavar="URL",
+        help="SQLAlchemy URL to flush the counts into (default: a new SQLite file when "
+        "the [sql] extra is installed; 'none' for memory only)",
+    )
+    command.add_argument(
         "--flush-interval",
         type=_seconds,
         default=0.5,

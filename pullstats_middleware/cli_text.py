@@ -9,19 +9,24 @@ from typing import Any
 _ACCEPT = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json"
 
 
-def demo_text(base: str, flush: float, digest: str, index: str, amd64: str) -> str:
+def demo_text(
+    base: str, flush: float, digest: str, index: str, amd64: str, *, database: str | None = None
+) -> str:
     def get(path: str, *, head: bool = False, accept: bool = True) -> str:
         words = ["curl", "-sI" if head else "-s"]
         words += ["-H", f"Accept: {_ACCEPT}"] if accept else []
         return shlex.join([*words, base + path])
 
     hello, multi, stats = "/v2/library/hello/manifests", "/v2/library/multi/manifests", "/api/v1"
+    flushed = (
+        f", and flushed to {database} (history: …/pull_statistics/history)" if database else ""
+    )
     return "\n".join(
         [
             f"pullstats demo: an in-memory registry with pull statistics at {base}",
             f"  library/hello:v1     {digest}",
             f"  library/multi:latest {index} (linux/amd64, linux/arm64)",
-            f"  Counts live in this process's memory, written every {flush:g} s.",
+            f"  Counts live in this process's memory, written every {flush:g} s{flushed}.",
             "",
             "# 1. pull by tag (docker, podman, skopeo, crane): +1 tag pull, +1 manifest pull",
             get(f"{hello}/v1"),

@@ -129,9 +129,12 @@ def run_flusher(config: PullStatsConfig, *, once: bool, interval: float) -> int:
         time.sleep(interval)
 
 
-def demo_app(flush_interval: float) -> tuple[ASGIApp, tuple[str, str, str]]:
-    """The demo registry, wrapped, counting in memory; and the digests of what it holds:
-    library/hello:v1, the library/multi:latest index and its linux/amd64 image."""
+def demo_app(
+    flush_interval: float, database: str | None = None
+) -> tuple[ASGIApp, tuple[str, str, str]]:
+    """The demo registry, wrapped, counting in memory (and into `database`, when given:
+    created if new); and the digests of what it holds: library/hello:v1, the
+    library/multi:latest index and its linux/amd64 image."""
     from pullstats_middleware.asgi import PullStatsASGIMiddleware
     from pullstats_middleware.demo_registry import MemoryRegistry, starlette_app
     from pullstats_middleware.metrics import PullMetrics
@@ -142,8 +145,15 @@ def demo_app(flush_interval: float) -> tuple[ASGIApp, tuple[str, str, str]]:
     index, (amd64, _) = registry.push_index(
         "library/multi", "latest", ["linux/amd64", "linux/arm64"]
     )
-    # The embedded store on purpose: the demo needs nothing else running.
-    config = PullStatsConfig(enabled=True, flush_interval=flush_interval)
+    # The embedded stores on purpose: the demo needs nothing else running.
+    if database is not None:
+        upgrade_database(database)
+    config = PullStatsConfig(
+        enabled=True,
+        flush_interval=flush_interval,
+        database=database,
+        database_flush_interval=max(2.0, flush_interval),
+    )
     metrics = PullMetrics(config, store=MemoryStore())
     return PullStatsASGIMiddleware(starlette_app(registry), metrics=metrics), (digest, index, amd64)
 

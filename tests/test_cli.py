@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx2
 import pytest
+import sqlalchemy
 
 from pullstats_middleware import PullMetrics, PullStatsConfig
 from pullstats_middleware.cli import load_config, main, parse_reference
@@ -695,3 +696,33 @@ def test_stale_and_top(redis_url: str, tmp_path: Path, capsys: pytest.CaptureFix
     assert out.splitlines()[0].split() == ["TAG", "PULLS", "LAST", "PULL", "LAST", "PUSH"]
     code, _, err = run(["stale", "Team/App", *where], capsys)
     assert_one_line_error(code, err, "invalid repository name")
+
+
+def test_demo_flushes_into_an_sqlite_file_and_answers_history(tmp_path: Path) -> None:
+    port = free_port()
+    demo = Command(tmp_path, "demo", "--port", str(port), "--log-level", "warning")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        demo.wait_until_serving(f"{base}/v2/")
+        assert "and flushed to sqlite:///" in demo.out.read_text()
+        with httpx2.Client(trust_env=False) as client:
+            assert client.get(f"{base}/v2/library/hello/manifests/v1").status_code == 200
+            route = f"{base}/api/v1/repository/library/hello/tag/v1/pull_statistics/history"
+            days = eventually(
+                lambda: client.get(route).json()["days"], lambda d: d[-1]["pull_count"] == 1
+            )
+            # The embedded flusher moves it to the SQLite file the demo named: still one pull.
+            url = demo.out.read_text().split("flushed to ", 1)[1].split(" ", 1)[0]
+            engine = sqlalchemy.create_engine(url)
+
+            def in_sql() -> int:
+                with engine.connect() as connection:
+                    query = "SELECT pull_count FROM tag_daily WHERE tag = 'v1'"
+                    return int(connection.exec_driver_sql(query).scalar() or 0)
+
+            assert eventually(in_sql, lambda n: n == 1) == 1
+            engine.dispose()
+            assert client.get(route).json()["days"][-1]["pull_count"] == 1
+    finally:
+        demo.stop()
+    assert days[-1]["pull_count"] == 1 and len(days) == 30
