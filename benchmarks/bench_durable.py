@@ -101,7 +101,6 @@ def listing_and_history(
     import datetime as dt
 
     from pullstats_middleware.routes.history import date_range
-    from pullstats_middleware.store.pending import RecordKey  # noqa: F401 (for readers)
 
     client.flushall()
     store = RedisStore(client, durable=True)

@@ -114,9 +114,7 @@ class PullMetrics:
         manifest: Merged | None
         if current_digest and self.database is not None:  # both in one read
             manifest_key = RecordKey("manifest", repository, current_digest)
-            from pullstats_middleware.durable import merged
-
-            both = merged(cast(ClaimStore, self.store), self.database, [tag_key, manifest_key])
+            both = self._read_many([tag_key, manifest_key])
             record, manifest, digest = both[tag_key], both[manifest_key], current_digest
         else:
             record = self._read(tag_key)
@@ -185,14 +183,17 @@ class PullMetrics:
             )
         return rows
 
-    def _read_many(self, keys: list[RecordKey], held: set[str]) -> dict[RecordKey, Merged]:
-        """Many records at once; `held`: the names the store holds (only those are read)."""
+    def _read_many(
+        self, keys: list[RecordKey], held: set[str] | None = None
+    ) -> dict[RecordKey, Merged]:
+        """Many records at once; `held`, when known: the names the store holds a record
+        of (only those are asked of it)."""
         store = cast(ClaimStore, self.store)
         if self.database is not None:
             from pullstats_middleware.durable import merged
 
             return merged(store, self.database, keys, held)
-        asked = [key for key in keys if key.name in held]
+        asked = keys if held is None else [key for key in keys if key.name in held]
         live = store.pending(asked).live  # one read for all, in Redis one script
         return {key: combine([live[key]] if key in live else []) for key in keys}
 
@@ -202,9 +203,7 @@ class PullMetrics:
             if key.kind == "tag":
                 return Merged(*self.store.read_tag(key.repository, key.name))
             return Merged(*self.store.read_manifest(key.repository, key.name), None)
-        from pullstats_middleware.durable import merged
-
-        return merged(cast(ClaimStore, self.store), self.database, [key])[key]
+        return self._read_many([key])[key]
 
     def health(self) -> dict[str, int]:
         """Counters to export to monitoring: pulls dropped at the buffer cap, HEAD/GET

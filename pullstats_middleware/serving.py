@@ -117,7 +117,10 @@ def run_flusher(config: PullStatsConfig, *, once: bool, interval: float) -> int:
     store = RedisStore(config.redis.client(), prefix=config.key_prefix, durable=True)
     flusher = Flusher(store, Database(config.database))
     if once:
-        return flusher.flush()
+        try:
+            return flusher.flush()
+        except Exception as exc:  # Redis or the database went away mid-cycle
+            raise StartupError(f"the flush failed: {one_line(exc)}") from None
     moved = 0
     while True:
         try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Mapping
 
 import pytest
 
@@ -15,7 +14,6 @@ from pullstats_middleware.matchers import validate_repository
 from pullstats_middleware.routes import (
     ROUTES,
     Probe,
-    ProbeAnswer,
     Request,
     Response,
     Route,
@@ -145,8 +143,6 @@ def test_a_toy_route_is_served_by_both_adapters(registry: MemoryRegistry, kind: 
     metrics.close()
 
 
-def test_probe_values_are_plain() -> None:
+def test_the_repository_probe_lists_tags() -> None:
     probe = tags_list({"repository": "a/b"})
     assert probe == Probe("GET", "/v2/a/b/tags/list", "application/json")
-    answer = ProbeAnswer(200, {"content-type": "application/json"}, b"{}")
-    assert isinstance(answer.headers, Mapping)

@@ -185,7 +185,7 @@ class RedisStore:
             self._delta(_text(key), json.loads(value), where)
             for key, value in self.client.hgetall(where).items()
         ]
-        return Claim(claim_id, deltas)  # (what a killed worker left open)
+        return Claim(claim_id, deltas)
 
     def release(self, claim_id: str) -> None:
         with self.client.pipeline(transaction=True) as pipe:
