@@ -42,8 +42,10 @@ class PullBuffer:
         self._lock = threading.Lock()
         # Keyed by UTC day too, so a count never straddles midnight: daily history
         # stays exact however long the store is away.
-        self._tags: dict[tuple[str, str, int], list[Any]] = {}  # -> [count, ts, digest]
-        self._manifests: dict[tuple[str, str, int], list[float]] = {}  # -> [count, ts]
+        # -> [count, ts, digest, clients]; clients: the identities that pulled (a set,
+        # for unique pullers per day), or None when none was given
+        self._tags: dict[tuple[str, str, int], list[Any]] = {}
+        self._manifests: dict[tuple[str, str, int], list[Any]] = {}  # -> [count, ts, clients]
         # Attribution events per (client, repository, digest), in order; a run of
         # repeats is folded (see _fold), so a busy key holds a few events, not one each.
         self._events: dict[tuple[str, str, str], list[Resolution | DigestFetch]] = {}
@@ -57,7 +59,9 @@ class PullBuffer:
     def _start(self) -> None:
         raise NotImplementedError
 
-    def add_tag_pull(self, repository: str, tag: str, digest: str) -> None:
+    def add_tag_pull(
+        self, repository: str, tag: str, digest: str, client: str | None = None
+    ) -> None:
         now = _now()
         day = int(now // 86400)
         tag_key = (repository, tag, day)
@@ -68,23 +72,27 @@ class PullBuffer:
                 entry[0] += 1
                 entry[1] = now
                 entry[2] = digest
+                _seen(entry, 3, client)
             elif self._full():
                 self._drop()
                 return
             else:
-                self._tags[tag_key] = [1, now, digest]
+                self._tags[tag_key] = [1, now, digest, None if client is None else {client}]
             counter = self._manifests.get(manifest_key)
             if counter is not None:
                 counter[0] += 1
                 counter[1] = now
+                _seen(counter, 2, client)
             elif self._full():
                 self._drop()
             else:
-                self._manifests[manifest_key] = [1, now]
+                self._manifests[manifest_key] = [1, now, None if client is None else {client}]
         if self._thread is None:
             self._start()
 
-    def add_manifest_pull(self, repository: str, digest: str, now: float | None = None) -> None:
+    def add_manifest_pull(
+        self, repository: str, digest: str, now: float | None = None, client: str | None = None
+    ) -> None:
         now = _now() if now is None else now
         key = (repository, digest, int(now // 86400))
         with self._lock:
@@ -93,10 +101,11 @@ class PullBuffer:
                 counter[0] += 1
                 if now > counter[1]:
                     counter[1] = now
+                _seen(counter, 2, client)
             elif self._full():
                 self._drop()
             else:
-                self._manifests[key] = [1, now]
+                self._manifests[key] = [1, now, None if client is None else {client}]
         if self._thread is None:
             self._start()
 
@@ -123,7 +132,7 @@ class PullBuffer:
                     run.append(event)
         if isinstance(event, DigestFetch):
             # The fetched manifest counts whatever the pairing decides.
-            self.add_manifest_pull(event.repository, event.digest, event.ts)
+            self.add_manifest_pull(event.repository, event.digest, event.ts, event.client)
         elif self._thread is None:
             self._start()
 
@@ -190,6 +199,15 @@ class PullBuffer:
             pushes, self._pushes = self._pushes, {}
         events = [event for run in runs.values() for event in run]
         return tags, manifests, events, indexes, pushes
+
+
+def _seen(entry: list[Any], at: int, client: str | None) -> None:
+    """Add `client` to the set of pullers at `entry[at]`."""
+    if client is not None:
+        if entry[at] is None:
+            entry[at] = {client}
+        else:
+            entry[at].add(client)
 
 
 def _fold(run: list[Resolution | DigestFetch], event: Resolution | DigestFetch) -> bool:

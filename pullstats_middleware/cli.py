@@ -261,10 +261,10 @@ def _run_tags(args: argparse.Namespace) -> int:
                     raise CLIError("--days needs the daily history: configure a database")
                 start = today - dt.timedelta(days=args.days - 1)
                 for row in rows:
-                    days = metrics.get_history(
+                    history = metrics.get_history(
                         "tag", args.repository, row["tag_name"], start, today
                     )
-                    row["tag_pull_count"] = sum(count for _, count in days)
+                    row["tag_pull_count"] = sum(day.pull_count for day in history.days)
             rows.sort(key=lambda r: (-r["tag_pull_count"], r["tag_name"]))
     except StoreUnavailable as exc:
         raise CLIError(f"cannot read the statistics: {one_line(exc)}") from None

@@ -178,7 +178,8 @@ class ManifestExchange:
                 )
                 self._recorder.add_attribution_event(event)
             else:
-                self._recorder.add_tag_pull(request.repository, request.reference, digest)
+                client = self._client().identity  # a puller, for unique pullers per day
+                self._recorder.add_tag_pull(request.repository, request.reference, digest, client)
             if self._index_body is not None:
                 children = _children(self._index_body)
                 if children:

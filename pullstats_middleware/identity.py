@@ -3,19 +3,18 @@
 See docs/design.md, "Attribution".
 
 Remote address (after trusted proxies), credentials and user agent. Computed
-on the request side, only for the exchanges attribution needs.
+on the request side, only for manifest pulls (attribution pairs them, unique
+pullers count them; see puller.py) and for exclusion rules.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ipaddress
-import json
 from collections.abc import Sequence
 from typing import NamedTuple
 
 from pullstats_middleware.config import ExcludeRule, IPNetwork
+from pullstats_middleware.puller import identity, username
 
 
 class Client(NamedTuple):
@@ -28,7 +27,7 @@ class Client(NamedTuple):
     @property
     def identity(self) -> str:
         """What pairs a HEAD with its GET: address, credentials and user agent."""
-        return f"{self.address}\n{self.authorization}\n{self.user_agent}"
+        return identity(self.address, self.authorization, self.user_agent)
 
 
 def client_address(peer: str, forwarded_for: str | None, trusted: Sequence[IPNetwork]) -> str:
@@ -53,23 +52,6 @@ def _trusted(address: str, trusted: Sequence[IPNetwork]) -> bool:
     except ValueError:
         return False
     return any(ip in network for network in trusted)
-
-
-def username(authorization: str) -> str | None:
-    """The Basic-auth user, or the `sub` of a bearer JWT, read without verification:
-    good enough to classify a pull, never to authorize anything."""
-    scheme, _, credentials = authorization.partition(" ")
-    try:
-        if scheme.lower() == "basic":
-            return base64.b64decode(credentials, validate=True).decode().partition(":")[0]
-        if scheme.lower() == "bearer" and credentials.count(".") == 2:
-            payload = credentials.split(".")[1]
-            claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-            subject = claims.get("sub") if isinstance(claims, dict) else None
-            return subject if isinstance(subject, str) else None
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        pass
-    return None
 
 
 def excluded(rules: Sequence[ExcludeRule], client: Client) -> bool:

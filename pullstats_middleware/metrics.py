@@ -16,7 +16,7 @@ from pullstats_middleware.store import MemoryStore, RedisStore, Store
 from pullstats_middleware.store.pending import ClaimStore, Merged, RecordKey, combine
 
 if TYPE_CHECKING:  # the durable store needs the [sql] extra: imported only when configured
-    from pullstats_middleware.durable import Database, FlusherThread
+    from pullstats_middleware.durable import Database, FlusherThread, History
 
 log = logging.getLogger("pullstats_middleware")
 
@@ -77,22 +77,25 @@ class PullMetrics:
 
     # -- recording (request thread, no I/O) --------------------------------
 
-    def track_tag_pull(self, repository: str, tag: str, digest: str) -> None:
-        """Count a pull of `repository:tag`, which served manifest `digest`.
+    def track_tag_pull(
+        self, repository: str, tag: str, digest: str, client: str | None = None
+    ) -> None:
+        """Count a pull of `repository:tag`, which served manifest `digest`; `client`, a
+        string naming who pulled (see `puller.identity`), counts them as a puller.
 
         Raises ValueError naming the malformed name; nothing is counted then.
         """
         if (repository, tag, digest) not in self._valid:
             _check(validate_repository(repository) or validate_tag(tag) or validate_digest(digest))
             self._remember((repository, tag, digest))
-        self.recorder.add_tag_pull(repository, tag, digest)
+        self.recorder.add_tag_pull(repository, tag, digest, client)
 
-    def track_manifest_pull(self, repository: str, digest: str) -> None:
-        """Count a pull of `repository@digest`."""
+    def track_manifest_pull(self, repository: str, digest: str, client: str | None = None) -> None:
+        """Count a pull of `repository@digest` (by `client`, when given)."""
         if (repository, "", digest) not in self._valid:
             _check(validate_repository(repository) or validate_digest(digest))
             self._remember((repository, "", digest))
-        self.recorder.add_manifest_pull(repository, digest)
+        self.recorder.add_manifest_pull(repository, digest, client=client)
 
     def _remember(self, names: tuple[str, str, str]) -> None:
         # Names repeat (a hot image is pulled again and again): validate each
@@ -140,9 +143,10 @@ class PullMetrics:
 
     def get_history(
         self, kind: str, repository: str, name: str, start: dt.date, end: dt.date
-    ) -> list[tuple[str, int]]:
-        """Pulls per UTC day of a tag (`kind` "tag") or a manifest, `start` to `end`
-        inclusive, zero-filled. Needs a database (HistoryUnavailable without one)."""
+    ) -> History:
+        """Pulls and unique pullers per UTC day of a tag (`kind` "tag") or a manifest,
+        `start` to `end` inclusive, zero-filled, and unique pullers over the range.
+        Needs a database (HistoryUnavailable without one)."""
         if self.database is None:
             raise HistoryUnavailable("pull history needs a database: set PULL_METRICS_DATABASE")
         from pullstats_middleware.durable import daily

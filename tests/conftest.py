@@ -1,15 +1,20 @@
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
+import sqlalchemy as sa
 
 from pullstats_middleware import PullMetrics, PullStatsConfig
 from pullstats_middleware.demo_registry import MemoryRegistry
+from pullstats_middleware.durable import Database
 from pullstats_middleware.store import MemoryStore, RedisStore, Store
 from tests.apps import Driver, make_driver
 from tests.e2e.services import RedisServer
+from tests.postgres import PostgresServer
 
 
 @pytest.fixture(scope="session")
@@ -89,3 +94,28 @@ def client(
 @pytest.fixture(params=["wsgi", "asgi"])
 def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A new, migrated database per test."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'pullstats.db'}"
+    else:
+        server: PostgresServer = request.getfixturevalue("postgres")
+        name = f"t{uuid.uuid4().hex[:12]}"
+        admin = sa.create_engine(server.url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f"CREATE DATABASE {name}")
+        admin.dispose()
+        url = server.url.rsplit("/", 1)[0] + "/" + name
+    database = Database(url)
+    database.upgrade()
+    database.close()
+    yield url

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,35 +31,9 @@ from pullstats_middleware.store import (
 from pullstats_middleware.store.pending import RecordKey
 from tests.apps import Driver, make_driver
 from tests.e2e.services import RedisServer
-from tests.postgres import PostgresServer
 
 D1 = "sha256:" + "1" * 64
 D2 = "sha256:" + "2" * 64
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
-    with PostgresServer() as server:
-        yield server
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A new, migrated database per test."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'pullstats.db'}"
-    else:
-        server: PostgresServer = request.getfixturevalue("postgres")
-        name = f"t{uuid.uuid4().hex[:12]}"
-        admin = sa.create_engine(server.url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f"CREATE DATABASE {name}")
-        admin.dispose()
-        url = server.url.rsplit("/", 1)[0] + "/" + name
-    database = Database(url)
-    database.upgrade()
-    database.close()
-    yield url
 
 
 def metrics_for(redis_url: str, database_url: str) -> PullMetrics:
@@ -257,7 +230,8 @@ def test_history_is_zero_filled_and_counts_today_before_and_after_a_flush(
     body = history(history_driver).json()
     assert body["tag_name"] == "v1" and body["end"] == today.isoformat()
     assert len(body["days"]) == 30 and body["days"][0]["date"] == body["start"]
-    assert body["days"][-1] == {"date": today.isoformat(), "pull_count": 3, "unique_pullers": None}
+    assert body["days"][-1] == {"date": today.isoformat(), "pull_count": 3, "unique_pullers": 1}
+    assert body["unique_pullers"] == 1  # one client, three pulls
     assert sum(day["pull_count"] for day in body["days"]) == 3
     metrics = history_driver.metrics
     assert metrics is not None and metrics.database is not None

@@ -10,7 +10,7 @@ import pytest
 
 from pullstats_middleware import ConfigError, PullMetrics, PullStatsConfig
 from pullstats_middleware.demo_registry import MemoryRegistry
-from pullstats_middleware.identity import username
+from pullstats_middleware.puller import username
 from pullstats_middleware.store import MemoryStore
 from tests.apps import make_driver
 

@@ -1,8 +1,7 @@
 """The SQL side: migrations, the exactly-once write of a claim, and reads.
 
 SQLAlchemy Core 2 on SQLite (the embedded default: one file, WAL) and on
-PostgreSQL through psycopg 3. One statement shape serves both: an upsert
-(`INSERT … ON CONFLICT DO UPDATE`) per table, executed for all rows of a claim.
+PostgreSQL through psycopg 3. What a claim adds is in writes.py.
 """
 
 from __future__ import annotations
@@ -17,24 +16,18 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Engine,
-    Table,
-    bindparam,
-    case,
     create_engine,
     event,
-    func,
     select,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from pullstats_middleware.durable.schema import (
     flush_claims,
-    manifest_daily,
     manifest_pulls,
-    tag_daily,
     tag_pulls,
 )
+from pullstats_middleware.durable.writes import add
 from pullstats_middleware.store.base import StoreUnavailable, iso_date
 from pullstats_middleware.store.pending import Claim, Delta, RecordKey
 
@@ -78,98 +71,12 @@ class Database:
             with self.engine.begin() as connection:
                 row = {"claim_id": claim.id, "committed_at": iso_date(time.time())}
                 connection.execute(flush_claims.insert(), [row])
-                self._add(connection, claim.deltas)
+                add(connection, self.dialect, claim.deltas)
                 if before_commit is not None:
                     before_commit()
         except IntegrityError:
             return False
         return True
-
-    def _add(self, connection: Connection, deltas: Iterable[Delta]) -> None:
-        tags: list[dict[str, Any]] = []
-        manifests: list[dict[str, Any]] = []
-        tag_days: list[dict[str, Any]] = []
-        manifest_days: list[dict[str, Any]] = []
-        for delta in deltas:
-            repository, name = delta.key.repository, delta.key.name
-            if delta.key.kind == "tag":
-                tags.append(
-                    {
-                        "repository": repository,
-                        "tag": name,
-                        "pull_count": delta.pull_count,
-                        "last_pull_date": delta.last_pull_date,
-                        "current_manifest_digest": delta.current_manifest_digest,
-                        "last_push_date": delta.last_push_date,
-                    }
-                )
-                days = tag_days
-            else:
-                manifests.append(
-                    {
-                        "repository": repository,
-                        "digest": name,
-                        "pull_count": delta.pull_count,
-                        "last_pull_date": delta.last_pull_date,
-                    }
-                )
-                days = manifest_days
-            column = "tag" if delta.key.kind == "tag" else "digest"
-            days.extend(
-                {"repository": repository, column: name, "day": day, "pull_count": count}
-                for day, count in delta.days.items()
-            )
-        for table, rows in (
-            (tag_pulls, tags),
-            (manifest_pulls, manifests),
-            (tag_daily, tag_days),
-            (manifest_daily, manifest_days),
-        ):
-            if rows:
-                # One order for every writer: two workers upserting the same rows
-                # lock them in the same order, so PostgreSQL never sees a deadlock.
-                keys = [column.name for column in table.primary_key.columns]
-                rows.sort(key=lambda row: tuple(row[name] for name in keys))
-                if self.dialect == "postgresql":
-                    # One statement for all rows: each column travels as one array.
-                    columns = {name: [row[name] for row in rows] for name in rows[0]}
-                    connection.execute(self._upsert(table, list(columns)), columns)
-                else:
-                    connection.execute(self._upsert(table), rows)
-
-    def _upsert(self, table: Table, unnest: list[str] | None = None) -> Any:
-        """`INSERT … ON CONFLICT DO UPDATE` adding counts and keeping the later date; with
-        `unnest` (PostgreSQL), its rows come from one array parameter per column."""
-        insert = (postgresql if self.dialect == "postgresql" else sqlite).insert(table)
-        if unnest is not None:
-            arrays = [
-                func.unnest(bindparam(name, type_=postgresql.ARRAY(table.c[name].type)))
-                for name in unnest
-            ]
-            insert = insert.from_select(unnest, select(*arrays))
-        new, old = insert.excluded, table.c
-        updates: dict[str, Any] = {"pull_count": old.pull_count + new.pull_count}
-        if "last_pull_date" in old:
-            later = old.last_pull_date.is_(None) | (new.last_pull_date >= old.last_pull_date)
-            updates["last_pull_date"] = case((later, new.last_pull_date), else_=old.last_pull_date)
-        if "last_push_date" in old:
-            pushed = old.last_push_date.is_(None) | (new.last_push_date >= old.last_push_date)
-            updates["last_push_date"] = case((pushed, new.last_push_date), else_=old.last_push_date)
-
-            # The digest of whichever learned last what the tag names: a pull or a push.
-            def latest(c: Any) -> Any:
-                pull, push = (
-                    func.coalesce(c.last_pull_date, ""),
-                    func.coalesce(c.last_push_date, ""),
-                )
-                return case((pull >= push, pull), else_=push)
-
-            updates["current_manifest_digest"] = case(
-                (latest(new) >= latest(old), new.current_manifest_digest),
-                else_=old.current_manifest_digest,
-            )
-        keys = [column.name for column in table.primary_key.columns]
-        return insert.on_conflict_do_update(index_elements=keys, set_=updates)
 
     # -- reads -----------------------------------------------------------------
 

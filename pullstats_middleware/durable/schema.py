@@ -7,7 +7,7 @@ what the routes answer.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, MetaData, String, Table
+from sqlalchemy import BigInteger, Column, LargeBinary, MetaData, String, Table
 
 metadata = MetaData()
 
@@ -41,6 +41,7 @@ tag_daily = Table(
     Column("tag", String(128), primary_key=True),
     Column("day", String(10), primary_key=True),
     Column("pull_count", BigInteger, nullable=False),
+    Column("pullers", LargeBinary),  # who pulled that day: a HyperLogLog sketch
 )
 
 manifest_daily = Table(
@@ -50,6 +51,7 @@ manifest_daily = Table(
     Column("digest", DIGEST, primary_key=True),
     Column("day", String(10), primary_key=True),
     Column("pull_count", BigInteger, nullable=False),
+    Column("pullers", LargeBinary),
 )
 
 # One row per claim the flush worker committed: a claim is written once, whatever

@@ -1,8 +1,9 @@
 """Pulls per UTC day of a tag or a manifest: the history routes.
 
 `?start=YYYY-MM-DD&end=YYYY-MM-DD`, both optional (the last 30 days to today),
-at most 400 days; one entry per day, zero-filled. Unique pullers are not
-estimated yet: `unique_pullers` is null.
+at most 400 days; one entry per day, zero-filled. Unique pullers are HyperLogLog
+estimates (about 0.8 % standard error; exact in practice below a few hundred),
+per day and over the range (a puller on many days counts once).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def _history(context: RouteContext, kind: str, field: str) -> Response:
     start, end = date_range(context.request.query)
     repository, name = context.args["repository"], context.args["reference"]
     try:
-        days = context.metrics.get_history(kind, repository, name, start, end)
+        history = context.metrics.get_history(kind, repository, name, start, end)
     except HistoryUnavailable as exc:
         raise RouteError(501, str(exc)) from None
     return json_response(
@@ -69,9 +70,10 @@ def _history(context: RouteContext, kind: str, field: str) -> Response:
             field: name,
             "start": start.isoformat(),
             "end": end.isoformat(),
-            "unique_pullers": None,
+            "unique_pullers": history.unique_pullers,
             "days": [
-                {"date": day, "pull_count": count, "unique_pullers": None} for day, count in days
+                {"date": day, "pull_count": count, "unique_pullers": pullers}
+                for day, count, pullers in history.days
             ],
         },
     )

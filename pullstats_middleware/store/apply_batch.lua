@@ -7,18 +7,20 @@
 -- half-way, which Redis would not roll back.
 --
 -- KEYS[1]               batch marker
--- KEYS[2 .. 1+nt]       tag hashes        ARGV: count, date, digest
--- KEYS[.. +nm]          manifest hashes   ARGV: count, date
+-- KEYS[2 .. 1+nt]       tag hashes        ARGV: count, date, digest, pullers
+-- KEYS[.. +nm]          manifest hashes   ARGV: count, date, pullers
 -- KEYS[.. +np]          tag hashes pushed ARGV: date, digest
 -- KEYS[.. +ni]          index relations   ARGV: children, space-separated
 -- KEYS[.. +3*ne]        per attribution event: resolution key, unclaimed key, index key
 --                                         ARGV: kind ('h'|'g'), ts, date, repo, tag, digest,
---                                               client hash
+--                                               client hash, puller
 -- ARGV[1..6]            marker ttl, nt, nm, ne, window, clock skew
 -- ARGV[7..10]           key prefix, origin (the recording process), ni, index ttl
 -- ARGV[11]              '1' with a database: every hash also counts per UTC day
---                       ('d:YYYY-MM-DD') and is added to the {prefix}/dirty set
---                       the flush worker claims from
+--                       ('d:YYYY-MM-DD'), notes who pulled that day ('u:YYYY-MM-DD:
+--                       <puller hash>', for unique pullers; `pullers` is a space-
+--                       separated list of hashes) and is added to the {prefix}/dirty
+--                       set the flush worker claims from
 -- ARGV[12]              np, the number of pushes
 --
 -- A resolution holds "ts origin tag index", an unclaimed GET "ts origin date".
@@ -60,11 +62,21 @@ local function current(key)
   return count, v[2]
 end
 
-local function bump(key, n, date, digest)
+local function words(text)
+  local out = {}
+  for word in string.gmatch(text or '', '%S+') do table.insert(out, word) end
+  return out
+end
+
+local function bump(key, n, date, digest, pullers)
   local count, last = current(key)
   if count == nil then return end
   if durable then
-    redis.call('HINCRBY', key, 'd:' .. string.sub(date, 1, 10), n)
+    local day = string.sub(date, 1, 10)
+    redis.call('HINCRBY', key, 'd:' .. day, n)
+    for _, puller in ipairs(words(pullers)) do
+      redis.call('HSET', key, 'u:' .. day .. ':' .. puller, '1')
+    end
     redis.call('SADD', prefix .. '/dirty', key)
   end
   local total = string.format('%d', count + n)
@@ -78,12 +90,6 @@ local function bump(key, n, date, digest)
   else
     redis.call('HSET', key, 'pull_count', total)
   end
-end
-
-local function words(text)
-  local out = {}
-  for word in string.gmatch(text or '', '%S+') do table.insert(out, word) end
-  return out
 end
 
 -- "ts origin rest..." -> ts, the skew allowed against this batch's origin, rest words
@@ -106,12 +112,12 @@ end
 local a = 13
 local k = 2
 for _ = 1, nt do
-  bump(KEYS[k], tonumber(ARGV[a]), ARGV[a + 1], ARGV[a + 2])
-  k, a = k + 1, a + 3
+  bump(KEYS[k], tonumber(ARGV[a]), ARGV[a + 1], ARGV[a + 2], ARGV[a + 3])
+  k, a = k + 1, a + 4
 end
 for _ = 1, nm do
-  bump(KEYS[k], tonumber(ARGV[a]), ARGV[a + 1], nil)
-  k, a = k + 1, a + 2
+  bump(KEYS[k], tonumber(ARGV[a]), ARGV[a + 1], nil, ARGV[a + 2])
+  k, a = k + 1, a + 3
 end
 -- A push: the tag names its digest from now on, and was pushed at that date.
 for _ = 1, np do
@@ -144,6 +150,7 @@ for _ = 1, ne do
   local rkey, ukey, ikey = KEYS[k], KEYS[k + 1], KEYS[k + 2]
   local kind, ts, date = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2]
   local repo, tag, digest, client = ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6]
+  local puller = ARGV[a + 7]
   if kind == 'g' then
     local head_ts, allowed, head_tag, index = parse(redis.call('GET', rkey))
     if pairs_with(head_ts, ts, allowed) then
@@ -158,7 +165,7 @@ for _ = 1, ne do
         index = digest
       end
       redis.call('DEL', rkey)
-      bump(prefix .. '/tag/' .. repo .. '/' .. head_tag, 1, date, index)
+      bump(prefix .. '/tag/' .. repo .. '/' .. head_tag, 1, date, index, puller)
     else
       redis.call('SET', ukey, ARGV[a + 1] .. ' ' .. origin .. ' ' .. date, 'EX', ttl, 'NX')
     end
@@ -172,7 +179,7 @@ for _ = 1, ne do
       local get_ts, allowed, get_date = parse(redis.call('GET', waiting))
       if pairs_with(ts, get_ts, allowed) then
         redis.call('DEL', waiting)
-        bump(prefix .. '/tag/' .. repo .. '/' .. tag, 1, get_date, digest)
+        bump(prefix .. '/tag/' .. repo .. '/' .. tag, 1, get_date, digest, puller)
         paired = true
         break
       end
@@ -187,7 +194,7 @@ for _ = 1, ne do
       end
     end
   end
-  k, a = k + 3, a + 7
+  k, a = k + 3, a + 8
 end
 
 return {1, unpack(skipped)}

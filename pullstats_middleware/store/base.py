@@ -25,6 +25,7 @@ class TagDelta(NamedTuple):
     pulls: int
     date: str
     digest: str
+    clients: tuple[str, ...] = ()  # raw identities that pulled: the stores hash them
 
 
 class ManifestDelta(NamedTuple):
@@ -32,6 +33,7 @@ class ManifestDelta(NamedTuple):
     digest: str
     pulls: int
     date: str
+    clients: tuple[str, ...] = ()
 
 
 class Resolution(NamedTuple):
@@ -98,15 +100,16 @@ class Batch:
 
 def cut_batches(
     tags: dict[tuple[str, str, int], list[Any]],
-    manifests: dict[tuple[str, str, int], list[float]],
+    manifests: dict[tuple[str, str, int], list[Any]],
     events: list[Resolution | DigestFetch],
     size: int,
     origin: str = "",
     indexes: dict[tuple[str, str], tuple[str, ...]] | None = None,
     pushes: dict[tuple[str, str], tuple[float, str]] | None = None,
 ) -> list[Batch]:
-    """The recorder's buffer (`[count, ts, digest]` per tag, `[count, ts]` per
-    manifest), cut into batches of at most `size` keys, each with a new id."""
+    """The recorder's buffer (`[count, ts, digest, clients]` per tag, `[count, ts,
+    clients]` per manifest; `clients` may be absent or None), cut into batches of at
+    most `size` keys, each with a new id."""
     batches = [Batch(uuid.uuid4().hex, origin)]
 
     def room() -> Batch:
@@ -114,10 +117,12 @@ def cut_batches(
             batches.append(Batch(uuid.uuid4().hex, origin))
         return batches[-1]
 
-    for (repo, tag, _day), (count, ts, digest) in tags.items():
-        room().tags.append(TagDelta(repo, tag, count, iso_date(ts), digest))
-    for (repo, digest, _day), (count, ts) in manifests.items():
-        room().manifests.append(ManifestDelta(repo, digest, int(count), iso_date(ts)))
+    for (repo, tag, _day), (count, ts, digest, *clients) in tags.items():
+        seen = tuple(clients[0] or ()) if clients else ()
+        room().tags.append(TagDelta(repo, tag, count, iso_date(ts), digest, seen))
+    for (repo, digest, _day), (count, ts, *clients) in manifests.items():
+        seen = tuple(clients[0] or ()) if clients else ()
+        room().manifests.append(ManifestDelta(repo, digest, int(count), iso_date(ts), seen))
     for (repo, tag), (ts, digest) in (pushes or {}).items():
         room().pushes.append(Push(repo, tag, iso_date(ts), digest))
     for (repo, digest), children in (indexes or {}).items():

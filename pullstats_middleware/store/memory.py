@@ -11,6 +11,7 @@ import threading
 import time
 from typing import Any
 
+from pullstats_middleware.puller import puller_key
 from pullstats_middleware.store.base import (
     NEVER_PULLED_MANIFEST,
     NEVER_PULLED_TAG,
@@ -25,6 +26,7 @@ from pullstats_middleware.store.pairing import pairs
 from pullstats_middleware.store.pending import Claim, Delta, Pending, RecordKey
 
 _Key = tuple[str, str, str]
+Clients = tuple[str, ...]  # raw identities; hashed here, as the Redis store does
 
 
 class MemoryStore:
@@ -49,6 +51,7 @@ class MemoryStore:
         # With a database, as in Redis: pulls per UTC day, and what the flusher must claim.
         self.durable = durable
         self._days: dict[RecordKey, dict[str, int]] = {}
+        self._pullers: dict[RecordKey, dict[str, set[str]]] = {}  # day -> puller hashes
         self._dirty: set[RecordKey] = set()
         self._claims: dict[str, list[Delta]] = {}
 
@@ -60,7 +63,7 @@ class MemoryStore:
                 return []
             self._applied[batch.id] = now + self._batch_ttl
             for t in batch.tags:
-                self._bump_tag(t.repository, t.tag, t.pulls, t.date, t.digest)
+                self._bump_tag(t.repository, t.tag, t.pulls, t.date, t.digest, t.clients)
             for m in batch.manifests:
                 old = self._manifests.get((m.repository, m.digest), NEVER_PULLED_MANIFEST)
                 date = old.last_pull_date
@@ -69,7 +72,8 @@ class MemoryStore:
                 self._manifests[(m.repository, m.digest)] = ManifestRecord(
                     old.pull_count + m.pulls, date
                 )
-                self._count_day(RecordKey("manifest", m.repository, m.digest), m.pulls, m.date)
+                key = RecordKey("manifest", m.repository, m.digest)
+                self._count_day(key, m.pulls, m.date, m.clients)
             for push in batch.pushes:
                 self._push(push.repository, push.tag, push.date, push.digest)
             for index in batch.indexes:
@@ -101,7 +105,8 @@ class MemoryStore:
                 self._resolutions.pop((event.client, event.repository, member), None)
         self._resolutions.pop(key, None)
         digest = event.digest if index == "-" else index
-        self._bump_tag(event.repository, found[2], 1, iso_date(event.ts), digest)
+        date = iso_date(event.ts)
+        self._bump_tag(event.repository, found[2], 1, date, digest, (event.client,))
 
     def _resolved(
         self, event: Resolution, origin: str, expiry: float, window: float, skew: float
@@ -113,13 +118,16 @@ class MemoryStore:
             allowed = 0.0 if claimed is not None and claimed[1] == origin else skew
             if claimed is not None and pairs(event.ts, claimed[0], window, allowed):
                 del self._unclaimed[key]
-                self._bump_tag(event.repository, event.tag, 1, claimed[2], event.digest)
+                tag, date = event.tag, claimed[2]
+                self._bump_tag(event.repository, tag, 1, date, event.digest, (event.client,))
                 return
         value = (event.ts, origin, event.tag, event.digest if children else "-", expiry)
         for member in (event.digest, *children):
             self._resolutions[(event.client, event.repository, member)] = value
 
-    def _bump_tag(self, repository: str, tag: str, count: int, date: str, digest: str) -> None:
+    def _bump_tag(
+        self, repository: str, tag: str, count: int, date: str, digest: str, clients: Clients
+    ) -> None:
         old = self._tags.get((repository, tag), NEVER_PULLED_TAG)
         if old.last_pull_date is None or date >= old.last_pull_date:
             new = old._replace(
@@ -130,7 +138,7 @@ class MemoryStore:
         else:
             new = old._replace(pull_count=old.pull_count + count)
         self._tags[(repository, tag)] = new
-        self._count_day(RecordKey("tag", repository, tag), count, date)
+        self._count_day(RecordKey("tag", repository, tag), count, date, clients)
 
     def _push(self, repository: str, tag: str, date: str, digest: str) -> None:
         old = self._tags.get((repository, tag), NEVER_PULLED_TAG)
@@ -145,10 +153,13 @@ class MemoryStore:
         if self.durable:
             self._dirty.add(RecordKey("tag", repository, tag))
 
-    def _count_day(self, key: RecordKey, count: int, date: str) -> None:
+    def _count_day(self, key: RecordKey, count: int, date: str, clients: Clients) -> None:
         if self.durable:
             days = self._days.setdefault(key, {})
             days[date[:10]] = days.get(date[:10], 0) + count
+            if clients:
+                seen = self._pullers.setdefault(key, {}).setdefault(date[:10], set())
+                seen.update(puller_key(client) for client in clients)
             self._dirty.add(key)
 
     def _expire(self, now: float) -> None:
@@ -173,12 +184,16 @@ class MemoryStore:
                 return None
             days = dict(self._days.get(key, {}))
             return Delta(key, tag.pull_count, tag.last_pull_date, tag.current_manifest_digest,
-                         days, tag.last_push_date)  # fmt: skip
+                         days, tag.last_push_date, self._seen(key))  # fmt: skip
         manifest = self._manifests.get((key.repository, key.name))
         if manifest is None:
             return None
         days = dict(self._days.get(key, {}))
-        return Delta(key, manifest.pull_count, manifest.last_pull_date, None, days)
+        return Delta(key, manifest.pull_count, manifest.last_pull_date, None, days,
+                     None, self._seen(key))  # fmt: skip
+
+    def _seen(self, key: RecordKey) -> dict[str, frozenset[str]]:
+        return {day: frozenset(h) for day, h in self._pullers.get(key, {}).items()}
 
     def held(self, kind: str, repository: str) -> set[str]:
         with self._lock:
@@ -200,6 +215,7 @@ class MemoryStore:
                 table: dict[Any, Any] = self._tags if key.kind == "tag" else self._manifests
                 table.pop((key.repository, key.name), None)
                 self._days.pop(key, None)
+                self._pullers.pop(key, None)
             if deltas:
                 self._claims[claim_id] = deltas
             return Claim(claim_id, deltas)

@@ -31,6 +31,8 @@ class Delta:
     current_manifest_digest: str | None = None
     days: Mapping[str, int] = field(default_factory=dict)  # "YYYY-MM-DD" -> pulls
     last_push_date: str | None = None
+    # "YYYY-MM-DD" -> who pulled that day (puller hashes, see puller.py)
+    pullers: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     @property
     def latest(self) -> str:
@@ -42,6 +44,10 @@ class Delta:
         """From a store hash's fields; `where` names it in the error a bad value raises."""
         try:
             days = {name[2:]: int(value) for name, value in fields.items() if name[:2] == "d:"}
+            pullers: dict[str, set[str]] = {}
+            for name in fields:
+                if name[:2] == "u:":  # u:YYYY-MM-DD:<puller hash>
+                    pullers.setdefault(name[2:12], set()).add(name[13:])
             return cls(
                 key,
                 int(fields.get("pull_count", 0)),
@@ -49,6 +55,7 @@ class Delta:
                 fields.get("current_manifest_digest"),
                 days,
                 fields.get("last_push_date"),
+                {day: frozenset(hashes) for day, hashes in pullers.items()},
             )
         except (TypeError, ValueError):
             raise StoreDataError(f"{where} holds a malformed count: {dict(fields)!r}") from None

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError, ResponseError
 
+from pullstats_middleware.puller import puller_key
 from pullstats_middleware.store.base import (
     Batch,
     DigestFetch,
@@ -87,12 +88,13 @@ class RedisStore:
             "1" if self.durable else "0",
             len(batch.pushes),
         ]
+        pullers = self._pullers
         for t in batch.tags:
             keys.append(self.tag_key(t.repository, t.tag))
-            args += (t.pulls, t.date, t.digest)
+            args += (t.pulls, t.date, t.digest, pullers(t.clients))
         for m in batch.manifests:
             keys.append(self.manifest_key(m.repository, m.digest))
-            args += (m.pulls, m.date)
+            args += (m.pulls, m.date, pullers(m.clients))
         for push in batch.pushes:
             keys.append(self.tag_key(push.repository, push.tag))
             args += (push.date, push.digest)
@@ -104,14 +106,18 @@ class RedisStore:
             tail = f"{client}/{e.repository}/{e.digest}"
             keys += (f"{p}/resolution/{tail}", f"{p}/unclaimed/{tail}")
             keys.append(self.index_key(e.repository, e.digest))
-            if isinstance(e, DigestFetch):
-                args += ("g", repr(e.ts), iso_date(e.ts), e.repository, "", e.digest, client)
-            else:
-                args += ("h", repr(e.ts), iso_date(e.ts), e.repository, e.tag, e.digest, client)
+            kind, tag = ("g", "") if isinstance(e, DigestFetch) else ("h", e.tag)
+            args += (kind, repr(e.ts), iso_date(e.ts), e.repository, tag, e.digest, client)
+            args.append(pullers((e.client,)))
         reply = self._apply(keys=keys, args=args)
         if not isinstance(reply, list) or not reply:
             raise StoreDataError(f"unexpected reply from the batch script: {reply!r}")
         return [_text(k) for k in reply[1:]]
+
+    def _pullers(self, clients: tuple[str, ...]) -> str:
+        """Who pulled, hashed, space-separated: with a database, the script counts
+        each as a puller of the key's day (`u:YYYY-MM-DD:<hash>`)."""
+        return " ".join({puller_key(client) for client in clients}) if self.durable else ""
 
     def read_tag(self, repository: str, tag: str) -> TagRecord:
         key = self.tag_key(repository, tag)

@@ -1,0 +1,174 @@
+"""The flush worker's write: a claim's deltas added to SQL in the caller's transaction.
+
+One statement shape serves SQLite and PostgreSQL: an upsert (`INSERT … ON
+CONFLICT DO UPDATE`) per table, executed for all rows of a claim (on
+PostgreSQL, all rows travel as one array per column). Then each day's sketch
+of pullers is merged, row by row.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import Connection, Table, bindparam, case, func, select, tuple_
+from sqlalchemy.dialects import postgresql, sqlite
+
+from pullstats_middleware.durable.hyperloglog import Sketch
+from pullstats_middleware.durable.schema import manifest_daily, manifest_pulls, tag_daily, tag_pulls
+from pullstats_middleware.store.base import StoreDataError
+from pullstats_middleware.store.pending import Delta
+
+log = logging.getLogger("pullstats_middleware")
+
+_IN_LIST_MAX = 500  # rows asked by value per statement
+
+
+def add(connection: Connection, dialect: str, deltas: Iterable[Delta]) -> None:
+    """Add a claim's deltas: totals, days, and who pulled each day."""
+    tags: list[dict[str, Any]] = []
+    manifests: list[dict[str, Any]] = []
+    tag_days: list[dict[str, Any]] = []
+    manifest_days: list[dict[str, Any]] = []
+    pullers: dict[Table, dict[tuple[str, str, str], frozenset[str]]] = {}
+    for delta in deltas:
+        repository, name = delta.key.repository, delta.key.name
+        if delta.key.kind == "tag":
+            tags.append(
+                {
+                    "repository": repository,
+                    "tag": name,
+                    "pull_count": delta.pull_count,
+                    "last_pull_date": delta.last_pull_date,
+                    "current_manifest_digest": delta.current_manifest_digest,
+                    "last_push_date": delta.last_push_date,
+                }
+            )
+            days = tag_days
+        else:
+            manifests.append(
+                {
+                    "repository": repository,
+                    "digest": name,
+                    "pull_count": delta.pull_count,
+                    "last_pull_date": delta.last_pull_date,
+                }
+            )
+            days = manifest_days
+        column = "tag" if delta.key.kind == "tag" else "digest"
+        days.extend(
+            {"repository": repository, column: name, "day": day, "pull_count": count}
+            for day, count in delta.days.items()
+        )
+        if delta.pullers:
+            daily = tag_daily if delta.key.kind == "tag" else manifest_daily
+            found = pullers.setdefault(daily, {})
+            for day, hashes in delta.pullers.items():
+                found[(repository, name, day)] = hashes
+    for table, rows in (
+        (tag_pulls, tags),
+        (manifest_pulls, manifests),
+        (tag_daily, tag_days),
+        (manifest_daily, manifest_days),
+    ):
+        if rows:
+            # One order for every writer: two workers upserting the same rows
+            # lock them in the same order, so PostgreSQL never sees a deadlock.
+            keys = [column.name for column in table.primary_key.columns]
+            rows.sort(key=lambda row: tuple(row[name] for name in keys))
+            if dialect == "postgresql":
+                # One statement for all rows: each column travels as one array.
+                columns = {name: [row[name] for row in rows] for name in rows[0]}
+                connection.execute(_upsert(dialect, table, list(columns)), columns)
+            else:
+                connection.execute(_upsert(dialect, table), rows)
+    for table, found in pullers.items():
+        _add_pullers(connection, table, found)
+
+
+def _add_pullers(
+    connection: Connection, table: Table, found: dict[tuple[str, str, str], frozenset[str]]
+) -> None:
+    """Merge who pulled into each day's sketch. After the upserts: the rows exist and
+    this transaction holds their locks, so a second worker cannot merge in between."""
+    name = table.c.tag if table is tag_daily else table.c.digest
+    stored = {}
+    keys = sorted(found)
+    for start in range(0, len(keys), _IN_LIST_MAX):
+        chunk = keys[start : start + _IN_LIST_MAX]
+        query = select(table.c.repository, name, table.c.day, table.c.pullers).where(
+            tuple_(table.c.repository, name, table.c.day).in_(chunk)
+        )
+        stored.update({(r, n, d): blob for r, n, d, blob in connection.execute(query)})
+    rows = [
+        {
+            "r": key[0],
+            "n": key[1],
+            "d": key[2],
+            "pullers": _stored(stored.get(key), key).update(found[key]).to_bytes(),
+        }
+        for key in keys
+    ]
+    update = (
+        table.update()
+        .where(
+            table.c.repository == bindparam("r"),
+            name == bindparam("n"),
+            table.c.day == bindparam("d"),
+        )
+        .values(pullers=bindparam("pullers"))
+    )
+    connection.execute(update, rows)
+
+
+def _upsert(dialect: str, table: Table, unnest: list[str] | None = None) -> Any:
+    """`INSERT … ON CONFLICT DO UPDATE` adding counts and keeping the later date; with
+    `unnest` (PostgreSQL), its rows come from one array parameter per column."""
+    insert = (postgresql if dialect == "postgresql" else sqlite).insert(table)
+    if unnest is not None:
+        arrays = [
+            func.unnest(bindparam(name, type_=postgresql.ARRAY(table.c[name].type)))
+            for name in unnest
+        ]
+        insert = insert.from_select(unnest, select(*arrays))
+    new, old = insert.excluded, table.c
+    updates: dict[str, Any] = {"pull_count": old.pull_count + new.pull_count}
+    if "last_pull_date" in old:
+        later = old.last_pull_date.is_(None) | (new.last_pull_date >= old.last_pull_date)
+        updates["last_pull_date"] = case((later, new.last_pull_date), else_=old.last_pull_date)
+    if "last_push_date" in old:
+        pushed = old.last_push_date.is_(None) | (new.last_push_date >= old.last_push_date)
+        updates["last_push_date"] = case((pushed, new.last_push_date), else_=old.last_push_date)
+
+        # The digest of whichever learned last what the tag names: a pull or a push.
+        def latest(c: Any) -> Any:
+            pull, push = (
+                func.coalesce(c.last_pull_date, ""),
+                func.coalesce(c.last_push_date, ""),
+            )
+            return case((pull >= push, pull), else_=push)
+
+        updates["current_manifest_digest"] = case(
+            (latest(new) >= latest(old), new.current_manifest_digest),
+            else_=old.current_manifest_digest,
+        )
+    keys = [column.name for column in table.primary_key.columns]
+    return insert.on_conflict_do_update(index_elements=keys, set_=updates)
+
+
+def sketch(blob: bytes | None, where: object) -> Sketch:
+    """A stored sketch of pullers; StoreDataError naming the row when it is not one."""
+    try:
+        return Sketch.from_bytes(blob)
+    except ValueError as exc:
+        raise StoreDataError(f"the pullers of {where!r} in SQL: {exc}") from None
+
+
+def _stored(blob: bytes | None, where: object) -> Sketch:
+    # A flush must not stall on one damaged value: it starts that day's sketch anew.
+    try:
+        return sketch(blob, where)
+    except StoreDataError as exc:
+        log.warning("pull statistics: %s; that day's unique pullers start again", exc)
+        return Sketch()
