@@ -29,7 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pullstats_middleware import PullMetrics, PullStatsConfig
 from pullstats_middleware.durable import Database, Flusher
 from pullstats_middleware.durable.schema import tag_pulls
+from pullstats_middleware.puller import identity
 from pullstats_middleware.store import Batch, ManifestDelta, RedisStore, TagDelta
+from pullstats_middleware.store.order import TagOrder
 from tests.e2e.services import RedisServer, temp_dir
 from tests.postgres import PostgresServer
 
@@ -134,23 +136,31 @@ def listing_and_history(
             times.append(time.perf_counter() - began)
         return statistics.median(times) * 1000
 
-    def page() -> None:
-        rows = metrics.get_tags("bench/many")
+    registry = [f"t{i}" for i in range(10_000)] + [f"new{i}" for i in range(100)]
+    for i in range(0, 10_000, 100):  # a few pulled since the last flush: held by Redis
+        metrics.track_tag_pull("bench/many", f"t{i}", digest(i))
+    assert metrics.flush(10)
+
+    def page(names: list[str]) -> None:
+        rows, more = metrics.get_tag_page("bench/many", names, TagOrder(), 100)
+        assert len(rows) == 100 and more
+
+    def every_row() -> None:  # the baseline: every tag merged, sorted in Python
+        rows = metrics.get_tags("bench/many", registry)
         rows.sort(key=lambda r: (r["last_tag_pull_date"] or "", r["tag_name"]))
         assert len(rows[:100]) == 100
 
     history_ms = median_ms(lambda: metrics.get_history("tag", "bench/many", "t0", start, end), 50)
-    page_ms = median_ms(page, 10)
+    page_ms = median_ms(lambda: page([]), 50)
+    listed_ms = median_ms(lambda: page(registry), 50)
+    every_ms = median_ms(every_row, 10)
     metrics.close()
     return [
         ("history, 365 days of one tag", f"{history_ms:.1f} ms", "", "≤ 10 ms"),
-        (
-            "listing page, 100 of 10,000 tags by last pull",
-            f"{page_ms:.1f} ms",
-            "",
-            "≤ 10 ms",
-        ),
-    ]
+        ("listing page, 100 of 10,000 tags by last pull", f"{page_ms:.1f} ms",
+         f"{every_ms:.1f} ms (every tag merged)", "≤ 10 ms"),
+        ("  the same, with the registry's 10,100 names", f"{listed_ms:.1f} ms", "", "≤ 10 ms"),
+    ]  # fmt: skip
 
 
 def memory(client: redis.Redis) -> int:
@@ -200,13 +210,15 @@ def main() -> None:
         )
         empty = memory(client)
         for n in range(args.pulls):
-            i = n % args.keys
-            metrics.track_tag_pull("bench/app", f"t{i}", digest(i))
+            i, c = n % args.keys, n % 7919  # 7,919 clients: each pull of a tag by another
+            client_id = identity(f"10.0.{c // 256}.{c % 256}", "", "bench")
+            metrics.track_tag_pull("bench/app", f"t{i}", digest(i), client_id)
         assert metrics.flush(120)
         held = memory(client)
         Flusher(metrics.store, metrics.database).flush()  # type: ignore[arg-type]
         after = memory(client)
-        rows.append((f"Redis used_memory, {args.pulls:,} pulls over {args.keys:,} tags",
+        label = f"Redis used_memory, {args.pulls:,} pulls of {args.keys:,} tags by 7,919 clients"
+        rows.append((label,
                      f"{(held - empty) / 2**20:.1f} MiB held", f"{(after - empty) / 2**20:.2f} MiB "
                      "after a flush", f"-{(held - after) / 2**20:.1f} MiB"))  # fmt: skip
         metrics.close()

@@ -9,11 +9,13 @@ import weakref
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, cast
 
+from pullstats_middleware import tag_rows
 from pullstats_middleware.config import ConfigError, PullStatsConfig
 from pullstats_middleware.matchers import validate_digest, validate_repository, validate_tag
 from pullstats_middleware.recorder import Recorder
 from pullstats_middleware.store import MemoryStore, RedisStore, Store
-from pullstats_middleware.store.pending import ClaimStore, Merged, RecordKey, combine
+from pullstats_middleware.store.order import TagOrder
+from pullstats_middleware.store.pending import ClaimStore, Merged, RecordKey
 
 if TYPE_CHECKING:  # the durable store needs the [sql] extra: imported only when configured
     from pullstats_middleware.durable import Database, FlusherThread, History
@@ -159,47 +161,19 @@ class PullMetrics:
         (the registry's own list: never-pulled tags get zero counts and null dates),
         each with the seed's six tag fields and `last_push_date`."""
         _check(validate_repository(repository))
-        store = cast(ClaimStore, self.store)
-        held = store.held("tag", repository)
-        names = set(also) | held
-        if self.database is not None:
-            with self.database.snapshot(repeatable=False) as connection:
-                names |= self.database.tag_names(connection, repository)
-        tag_keys = [RecordKey("tag", repository, name) for name in sorted(names)]
-        tags = self._read_many(tag_keys, held)
-        digests = {m.current_manifest_digest for m in tags.values() if m.current_manifest_digest}
-        manifest_keys = [RecordKey("manifest", repository, d) for d in sorted(digests)]
-        manifests = self._read_many(manifest_keys, store.held("manifest", repository))
-        rows = []
-        for key, tag in tags.items():
-            digest = tag.current_manifest_digest
-            manifest = manifests.get(RecordKey("manifest", repository, digest)) if digest else None
-            rows.append(
-                {
-                    "tag_name": key.name,
-                    "tag_pull_count": tag.pull_count,
-                    "last_tag_pull_date": tag.last_pull_date,
-                    "current_manifest_digest": digest,
-                    "manifest_pull_count": manifest.pull_count if manifest else 0,
-                    "last_manifest_pull_date": manifest.last_pull_date if manifest else None,
-                    "last_push_date": tag.last_push_date,
-                }
-            )
-        return rows
+        return tag_rows.all_rows(cast(ClaimStore, self.store), self.database, repository, also)
 
-    def _read_many(
-        self, keys: list[RecordKey], held: set[str] | None = None
-    ) -> dict[RecordKey, Merged]:
-        """Many records at once; `held`, when known: the names the store holds a record
-        of (only those are asked of it)."""
+    def get_tag_page(
+        self, repository: str, registry: list[str], order: TagOrder, limit: int
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """The first `limit` tag rows (as `get_tags`) in `order`, after its cursor and
+        filters, and whether more follow. With a database, SQL sorts and cuts."""
+        _check(validate_repository(repository))
         store = cast(ClaimStore, self.store)
-        if self.database is not None:
-            from pullstats_middleware.durable import merged
+        return tag_rows.page(store, self.database, repository, registry, order, limit)
 
-            return merged(store, self.database, keys, held)
-        asked = keys if held is None else [key for key in keys if key.name in held]
-        live = store.pending(asked).live  # one read for all, in Redis one script
-        return {key: combine([live[key]] if key in live else []) for key in keys}
+    def _read_many(self, keys: list[RecordKey]) -> dict[RecordKey, Merged]:
+        return tag_rows.read_many(cast(ClaimStore, self.store), self.database, keys, None)
 
     def _read(self, key: RecordKey) -> Merged:
         """Without a database, the store's record; with one, SQL plus what the store holds."""

@@ -108,14 +108,18 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'pullstats.db'}"
     else:
-        server: PostgresServer = request.getfixturevalue("postgres")
-        name = f"t{uuid.uuid4().hex[:12]}"
-        admin = sa.create_engine(server.url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f"CREATE DATABASE {name}")
-        admin.dispose()
-        url = server.url.rsplit("/", 1)[0] + "/" + name
+        url = new_postgres_database(request.getfixturevalue("postgres"))
     database = Database(url)
     database.upgrade()
     database.close()
     yield url
+
+
+def new_postgres_database(server: PostgresServer) -> str:
+    """The URL of a new, empty database on `server`."""
+    name = f"t{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(server.url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f"CREATE DATABASE {name}")
+    admin.dispose()
+    return server.url.rsplit("/", 1)[0] + "/" + name

@@ -18,13 +18,8 @@ from urllib.parse import parse_qsl
 from pullstats_middleware.routes.history import date_param
 from pullstats_middleware.routes.http import RETRY_AFTER, Response, RouteError, json_response
 from pullstats_middleware.routes.router import RouteContext
+from pullstats_middleware.store.order import SORTS, TagOrder
 
-SORTS = {
-    "pull_count": "tag_pull_count",
-    "last_pull_date": "last_tag_pull_date",
-    "last_push_date": "last_push_date",
-    "tag_name": "tag_name",
-}
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
 _PARAMS = {"sort", "order", "limit", "cursor", "pulled_before", "pulled_since"}
 
@@ -41,43 +36,17 @@ def _query(query: str) -> dict[str, str]:
     return params
 
 
-def _sort_key(field: str, descending: bool) -> Any:
-    """Rows in order, ties by tag name; null dates first ascending (never pulled is the
-    least recently pulled), last descending."""
-
-    def key(row: dict[str, Any]) -> tuple[Any, ...]:
-        value = row[field]
-        present = value is not None
-        if descending:
-            return (present, value if present else "", _Reverse(row["tag_name"]))
-        return (present, value if present else "", row["tag_name"])
-
-    return key
-
-
-class _Reverse:
-    """Sorts a tie-breaking name ascending inside a descending sort."""
-
-    __slots__ = ("name",)
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __lt__(self, other: _Reverse) -> bool:
-        return self.name > other.name
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Reverse) and self.name == other.name
-
-
 def _cursor(row: dict[str, Any], field: str) -> str:
     return base64.urlsafe_b64encode(json.dumps([row[field], row["tag_name"]]).encode()).decode()
 
 
-def _after(cursor: str) -> tuple[Any, str]:
+def _after(cursor: str, field: str) -> tuple[Any, str]:
+    """The (value, name) a cursor holds; a value of the wrong type for `field` (which
+    SQL could not compare) is as invalid as a cursor that is not JSON."""
     try:
         value, name = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        if not isinstance(name, str):
+        expected = int if field == "tag_pull_count" else str
+        if not isinstance(name, str) or not (value is None or type(value) is expected):
             raise ValueError(name)
         return value, name
     except (ValueError, TypeError):
@@ -95,29 +64,27 @@ def repository_tags(context: RouteContext) -> Response:
     limit_text = params.get("limit", str(DEFAULT_LIMIT))
     if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_LIMIT:
         raise RouteError(400, f"limit must be a number from 1 to {MAX_LIMIT}, got {limit_text!r}")
+    field = SORTS[sort]
+    wanted = TagOrder(
+        field,
+        descending=order == "desc",
+        after=_after(params["cursor"], field) if "cursor" in params else None,
+        pulled_before=_date(params, "pulled_before"),
+        pulled_since=_date(params, "pulled_since"),
+    )
     registry_tags = _registry_tags(context)
-    rows = context.metrics.get_tags(context.args["repository"], registry_tags)
-    if "pulled_before" in params:
-        before = date_param("pulled_before", params["pulled_before"]).isoformat()
-        rows = [r for r in rows if (r["last_tag_pull_date"] or "") < before]
-    if "pulled_since" in params:
-        since = date_param("pulled_since", params["pulled_since"]).isoformat()
-        rows = [r for r in rows if (r["last_tag_pull_date"] or "") >= since]
-    field, descending = SORTS[sort], order == "desc"
-    key = _sort_key(field, descending)
-    rows.sort(key=key, reverse=descending)
-    if "cursor" in params:
-        value, name = _after(params["cursor"])
-        mark = key({field: value, "tag_name": name})
-        rows = [r for r in rows if (key(r) < mark if descending else key(r) > mark)]
-    page = rows[: int(limit_text)]
-    more = len(rows) > len(page)
+    repository = context.args["repository"]
+    page, more = context.metrics.get_tag_page(repository, registry_tags, wanted, int(limit_text))
     payload = {
-        "repository": context.args["repository"],
+        "repository": repository,
         "tags": page,
         "next_cursor": _cursor(page[-1], field) if more else None,
     }
     return json_response(200, payload)
+
+
+def _date(params: dict[str, str], name: str) -> str | None:
+    return date_param(name, params[name]).isoformat() if name in params else None
 
 
 def _registry_tags(context: RouteContext) -> list[str]:

@@ -1,0 +1,127 @@
+"""A repository's tags as listing rows: all of them, or one page in an order.
+
+With a database, SQL sorts and cuts the page (durable/listing.py) and only the
+tags the store still holds (pulled since the last flush: few) are merged in
+Python: each held tag's true value replaces its SQL row, wherever that puts it.
+SQL is asked for `limit + 1 + len(held)` rows, so even when every held tag was
+among them, `limit + 1` others remain: a row SQL left out sorts after all of
+those, so it cannot belong on the page. Tags only the registry lists (never
+pulled) join with zero counts and null dates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from pullstats_middleware.store.order import TagOrder
+from pullstats_middleware.store.pending import ClaimStore, Merged, RecordKey, combine
+
+if TYPE_CHECKING:  # the [sql] extra: imported only with a database configured
+    from pullstats_middleware.durable import Database
+
+
+def read_many(
+    store: ClaimStore, database: Database | None, keys: list[RecordKey], held: set[str] | None
+) -> dict[RecordKey, Merged]:
+    """Many records at once; `held`, when known: the names the store holds a record
+    of (only those are asked of it)."""
+    if database is not None:
+        from pullstats_middleware.durable import merged
+
+        return merged(store, database, keys, held)
+    asked = keys if held is None else [key for key in keys if key.name in held]
+    live = store.pending(asked).live  # one read for all, in Redis one script
+    return {key: combine([live[key]] if key in live else []) for key in keys}
+
+
+def all_rows(
+    store: ClaimStore, database: Database | None, repository: str, also: Iterable[str]
+) -> list[dict[str, Any]]:
+    """Every tag the store or the database knows, and those in `also`."""
+    held = store.held("tag", repository)
+    names = set(also) | held
+    if database is not None:
+        with database.snapshot(repeatable=False) as connection:
+            names |= database.tag_names(connection, repository)
+    keys = [RecordKey("tag", repository, name) for name in sorted(names)]
+    return _rows(store, database, repository, read_many(store, database, keys, held))
+
+
+def page(
+    store: ClaimStore,
+    database: Database | None,
+    repository: str,
+    registry: list[str],
+    order: TagOrder,
+    limit: int,
+) -> tuple[list[dict[str, Any]], bool]:
+    """The first `limit` rows in `order`, and whether more follow."""
+    if database is None:
+        rows = [row for row in all_rows(store, None, repository, registry) if order.keeps(row)]
+        order.sort(rows)
+        return rows[:limit], len(rows) > limit
+    records = _candidates(store, database, repository, registry, order, limit)
+    rows = _rows(store, database, repository, records, bare=True)
+    rows = [row for row in rows if order.keeps(row)]
+    order.sort(rows)
+    shown = [RecordKey("tag", repository, row["tag_name"]) for row in rows[:limit]]
+    # The manifest fields, read for the rows shown only.
+    full = _rows(store, database, repository, {key: records[key] for key in shown})
+    return full, len(rows) > limit
+
+
+def _candidates(
+    store: ClaimStore,
+    database: Database,
+    repository: str,
+    registry: list[str],
+    order: TagOrder,
+    limit: int,
+) -> dict[RecordKey, Merged]:
+    """SQL's page, what the store holds, and the tags only the registry lists."""
+    from pullstats_middleware.durable.listing import known_tags, tag_page
+
+    held = store.held("tag", repository)
+    with database.snapshot(repeatable=False) as connection:
+        paged = tag_page(connection, repository, order, limit + 1 + len(held))
+        unknown = set(registry) - held - {delta.key.name for delta in paged}
+        unknown -= known_tags(connection, repository, sorted(unknown))
+    records = {delta.key: combine([delta]) for delta in paged if delta.key.name not in held}
+    held_keys = [RecordKey("tag", repository, name) for name in sorted(held)]
+    records.update(read_many(store, database, held_keys, held))
+    records.update({RecordKey("tag", repository, name): combine([]) for name in unknown})
+    return records
+
+
+def _rows(
+    store: ClaimStore,
+    database: Database | None,
+    repository: str,
+    tags: dict[RecordKey, Merged],
+    *,
+    bare: bool = False,
+) -> list[dict[str, Any]]:
+    """Listing rows: the seed's six tag fields and `last_push_date`. `bare`: without
+    reading the manifests (their fields left empty), for rows that only sort."""
+    digests = {m.current_manifest_digest for m in tags.values() if m.current_manifest_digest}
+    manifests: dict[RecordKey, Merged] = {}
+    if digests and not bare:
+        keys = [RecordKey("manifest", repository, d) for d in sorted(digests)]
+        manifests = read_many(store, database, keys, store.held("manifest", repository))
+    rows = []
+    for key, tag in tags.items():
+        digest = tag.current_manifest_digest
+        manifest = manifests.get(RecordKey("manifest", repository, digest)) if digest else None
+        rows.append(
+            {
+                "tag_name": key.name,
+                "tag_pull_count": tag.pull_count,
+                "last_tag_pull_date": tag.last_pull_date,
+                "current_manifest_digest": digest,
+                "manifest_pull_count": manifest.pull_count if manifest else 0,
+                "last_manifest_pull_date": manifest.last_pull_date if manifest else None,
+                "last_push_date": tag.last_push_date,
+            }
+        )
+    return rows
