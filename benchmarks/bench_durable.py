@@ -42,14 +42,16 @@ def digest(i: int) -> str:
     return f"sha256:{i:064x}"
 
 
-def fill(store: RedisStore, keys: int) -> None:
-    """`keys` key-deltas in Redis, half tags and half manifests, as the recorder writes them."""
+def fill(store: RedisStore, keys: int, pullers: int = 0) -> None:
+    """`keys` key-deltas in Redis, half tags and half manifests, as the recorder writes them;
+    each pulled by `pullers` clients (their unique pullers go to SQL too)."""
     half = keys // 2
     for start in range(0, half, 1000):
         batch = Batch(uuid.uuid4().hex)
         for i in range(start, min(start + 1000, half)):
-            batch.tags.append(TagDelta("bench/app", f"t{i}", 3, DATE, digest(i)))
-            batch.manifests.append(ManifestDelta("bench/app", digest(i), 3, DATE))
+            clients = tuple(identity(f"10.1.{i % 250}.{n}", "", "bench") for n in range(pullers))
+            batch.tags.append(TagDelta("bench/app", f"t{i}", 3, DATE, digest(i), clients))
+            batch.manifests.append(ManifestDelta("bench/app", digest(i), 3, DATE, clients))
         store.apply(batch, window=10.0, skew=1.0)
 
 
@@ -70,10 +72,12 @@ class OneUpsertPerKey(Database):
             Database._add(self, connection, [delta])
 
 
-def flush_rate(client: redis.Redis, url: str, keys: int, kind: type[Database] = Database) -> float:
+def flush_rate(
+    client: redis.Redis, url: str, keys: int, kind: type[Database] = Database, pullers: int = 0
+) -> float:
     client.flushall()
     store = RedisStore(client, durable=True)
-    fill(store, keys)
+    fill(store, keys, pullers)
     fresh_database(url).close()
     database = kind(url)
     started = time.perf_counter()
@@ -181,6 +185,9 @@ def main() -> None:
             base = flush_rate(client, url, args.keys, OneUpsertPerKey)
             rows.append((f"flush into {name}, key-deltas/s", f"{ours:,.0f}/s",
                          f"{base:,.0f}/s (one upsert per key)", f"x{ours / base:.1f}"))  # fmt: skip
+            with_pullers = flush_rate(client, url, args.keys, pullers=3)
+            rows.append(("  the same, 3 unique pullers per key-delta", f"{with_pullers:,.0f}/s",
+                         "", ""))  # fmt: skip
 
         client.flushall()
         config: dict[str, Any] = {"enabled": True, "redis": {"url": server.url}}

@@ -71,12 +71,15 @@ class Database:
             with self.engine.begin() as connection:
                 row = {"claim_id": claim.id, "committed_at": iso_date(time.time())}
                 connection.execute(flush_claims.insert(), [row])
-                add(connection, self.dialect, claim.deltas)
+                self._add(connection, claim.deltas)
                 if before_commit is not None:
                     before_commit()
         except IntegrityError:
             return False
         return True
+
+    def _add(self, connection: Connection, deltas: Iterable[Delta]) -> None:
+        add(connection, self.dialect, deltas)
 
     # -- reads -----------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, case, func, select, tuple_
+from sqlalchemy import Connection, LargeBinary, String, Table, bindparam, case, func, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 
 from pullstats_middleware.durable.hyperloglog import Sketch
@@ -25,13 +25,16 @@ log = logging.getLogger("pullstats_middleware")
 _IN_LIST_MAX = 500  # rows asked by value per statement
 
 
+Found = dict[tuple[str, str, str], frozenset[str]]  # day row -> puller hashes
+
+
 def add(connection: Connection, dialect: str, deltas: Iterable[Delta]) -> None:
     """Add a claim's deltas: totals, days, and who pulled each day."""
     tags: list[dict[str, Any]] = []
     manifests: list[dict[str, Any]] = []
     tag_days: list[dict[str, Any]] = []
     manifest_days: list[dict[str, Any]] = []
-    pullers: dict[Table, dict[tuple[str, str, str], frozenset[str]]] = {}
+    pullers: dict[Table, Found] = {}
     for delta in deltas:
         repository, name = delta.key.repository, delta.key.name
         if delta.key.kind == "tag":
@@ -63,53 +66,77 @@ def add(connection: Connection, dialect: str, deltas: Iterable[Delta]) -> None:
         )
         if delta.pullers:
             daily = tag_daily if delta.key.kind == "tag" else manifest_daily
-            found = pullers.setdefault(daily, {})
+            seen = pullers.setdefault(daily, {})
             for day, hashes in delta.pullers.items():
-                found[(repository, name, day)] = hashes
+                seen[(repository, name, day)] = hashes
     for table, rows in (
         (tag_pulls, tags),
         (manifest_pulls, manifests),
         (tag_daily, tag_days),
         (manifest_daily, manifest_days),
     ):
-        if rows:
-            # One order for every writer: two workers upserting the same rows
-            # lock them in the same order, so PostgreSQL never sees a deadlock.
-            keys = [column.name for column in table.primary_key.columns]
-            rows.sort(key=lambda row: tuple(row[name] for name in keys))
-            if dialect == "postgresql":
-                # One statement for all rows: each column travels as one array.
-                columns = {name: [row[name] for row in rows] for name in rows[0]}
-                connection.execute(_upsert(dialect, table, list(columns)), columns)
+        if not rows:
+            continue
+        # One order for every writer: two workers upserting the same rows
+        # lock them in the same order, so PostgreSQL never sees a deadlock.
+        keys = [column.name for column in table.primary_key.columns]
+        rows.sort(key=lambda row: tuple(row[name] for name in keys))
+        found = pullers.get(table)
+        if dialect == "postgresql":
+            # One statement for all rows: each column travels as one array. A day
+            # row's upsert also returns its sketch: read under the row's lock.
+            columns = {name: [row[name] for row in rows] for name in rows[0]}
+            upsert = _upsert(dialect, table, list(columns))
+            if found:
+                upsert = upsert.returning(*table.primary_key.columns, table.c.pullers)
+                stored = {tuple(row[:3]): row[3] for row in connection.execute(upsert, columns)}
+                _merge_pullers(connection, dialect, table, found, stored)
             else:
-                connection.execute(_upsert(dialect, table), rows)
-    for table, found in pullers.items():
-        _add_pullers(connection, table, found)
+                connection.execute(upsert, columns)
+        else:
+            connection.execute(_upsert(dialect, table), rows)
+            if found:
+                _merge_pullers(
+                    connection, dialect, table, found, _sketches(connection, table, found)
+                )
 
 
-def _add_pullers(
-    connection: Connection, table: Table, found: dict[tuple[str, str, str], frozenset[str]]
-) -> None:
-    """Merge who pulled into each day's sketch. After the upserts: the rows exist and
-    this transaction holds their locks, so a second worker cannot merge in between."""
+def _sketches(connection: Connection, table: Table, found: Found) -> dict[tuple[Any, ...], Any]:
+    """The stored sketches of the day rows in `found` (SQLite: the one writer)."""
     name = table.c.tag if table is tag_daily else table.c.digest
-    stored = {}
+    stored: dict[tuple[Any, ...], Any] = {}
     keys = sorted(found)
     for start in range(0, len(keys), _IN_LIST_MAX):
         chunk = keys[start : start + _IN_LIST_MAX]
         query = select(table.c.repository, name, table.c.day, table.c.pullers).where(
             tuple_(table.c.repository, name, table.c.day).in_(chunk)
         )
-        stored.update({(r, n, d): blob for r, n, d, blob in connection.execute(query)})
-    rows = [
-        {
-            "r": key[0],
-            "n": key[1],
-            "d": key[2],
-            "pullers": _stored(stored.get(key), key).update(found[key]).to_bytes(),
-        }
-        for key in keys
-    ]
+        stored.update({tuple(row[:3]): row[3] for row in connection.execute(query)})
+    return stored
+
+
+def _merge_pullers(
+    connection: Connection,
+    dialect: str,
+    table: Table,
+    found: Found,
+    stored: dict[tuple[Any, ...], Any],
+) -> None:
+    """Merge who pulled into each day's sketch. After the upserts: the rows exist and
+    this transaction holds their locks, so a second worker cannot merge in between."""
+    name = table.c.tag if table is tag_daily else table.c.digest
+    keys = sorted(found)
+    blobs = [_stored(stored.get(key), key).update(found[key]).to_bytes() for key in keys]
+    if dialect == "postgresql":  # one statement: UPDATE … FROM unnest(arrays)
+        types = (String, String, String, LargeBinary)
+        values = func.unnest(
+            *(bindparam(p, type_=postgresql.ARRAY(t)) for p, t in zip("rndp", types, strict=True))
+        ).table_valued("r", "n", "d", "p").render_derived(name="v")  # fmt: skip
+        columns = {"r": [k[0] for k in keys], "n": [k[1] for k in keys],
+                   "d": [k[2] for k in keys], "p": blobs}  # fmt: skip
+        where = (table.c.repository == values.c.r, name == values.c.n, table.c.day == values.c.d)
+        connection.execute(table.update().where(*where).values(pullers=values.c.p), columns)
+        return
     update = (
         table.update()
         .where(
@@ -119,6 +146,9 @@ def _add_pullers(
         )
         .values(pullers=bindparam("pullers"))
     )
+    rows = [
+        {"r": k[0], "n": k[1], "d": k[2], "pullers": b} for k, b in zip(keys, blobs, strict=True)
+    ]
     connection.execute(update, rows)
 
 
