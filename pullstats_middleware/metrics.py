@@ -62,7 +62,8 @@ class PullMetrics:
 
             self.database = Database(config.database)
             if config.embedded_flusher:
-                flusher = Flusher(cast(ClaimStore, store), self.database)
+                history = config.history_days
+                flusher = Flusher(cast(ClaimStore, store), self.database, history_days=history)
                 self.flusher = FlusherThread(flusher, config.database_flush_interval).start()
         self.recorder = Recorder(
             store,

@@ -115,7 +115,7 @@ def run_flusher(config: PullStatsConfig, *, once: bool, interval: float) -> int:
     ping_redis(config.redis)
     check_database(config.database)
     store = RedisStore(config.redis.client(), prefix=config.key_prefix, durable=True)
-    flusher = Flusher(store, Database(config.database))
+    flusher = Flusher(store, Database(config.database), history_days=config.history_days)
     if once:
         try:
             return flusher.flush()

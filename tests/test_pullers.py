@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import redis
+import sqlalchemy as sa
 
 from pullstats_middleware import PullMetrics, PullStatsConfig
 from pullstats_middleware.demo_registry import MemoryRegistry
@@ -201,3 +202,26 @@ def test_paired_and_plain_pulls_both_count_their_puller(
         assert (day.pull_count, day.unique_pullers) == (3, 3)
     finally:
         metrics.close()
+
+
+def test_history_older_than_history_days_is_deleted(database_url: str) -> None:
+    store, database = MemoryStore(durable=True), Database(database_url)
+    today = dt.datetime.now(dt.timezone.utc).date()
+    old, kept = today - dt.timedelta(days=30), today - dt.timedelta(days=29)
+    pulls = [
+        TagDelta("org/app", "v1", 1, f"{day}T10:00:00Z", D1, (client(1),)) for day in (old, kept)
+    ]
+    key = RecordKey("tag", "org/app", "v1")
+    try:
+        store.apply(Batch("b1", tags=pulls), window=10, skew=1)
+        flusher = Flusher(store, database, history_days=30)
+        flusher.flush()  # flushes, then deletes the days before the last 30
+        days = daily(store, database, key, old, kept).days
+        assert [(d.date, d.pull_count) for d in days] == [(str(old), 0), (str(kept), 1)]
+        assert daily(store, database, key, kept, kept).days[0].unique_pullers == 1
+        with database.engine.connect() as connection:
+            count = connection.execute(sa.select(sa.func.count()).select_from(tag_daily))
+            assert count.scalar() == 1  # the manifest's day rows went the same way
+        assert flusher.prune() == 0  # at most once an hour
+    finally:
+        database.close()

@@ -134,6 +134,14 @@ class PullStatsConfig:
             "PULL_METRICS_DATABASE_FLUSH_INTERVAL", "seconds between flushes from Redis to SQL"
         ),
     )
+    history_days: int = field(
+        default=400,
+        metadata=_key(
+            "PULL_METRICS_HISTORY_DAYS",
+            "days of daily history (pulls and unique pullers per day) kept in SQL; the flush "
+            "worker deletes older days (at most once an hour)",
+        ),
+    )
     embedded_flusher: bool = field(
         default=True,
         metadata=_key(
@@ -168,7 +176,7 @@ class PullStatsConfig:
         ):
             set_(self, name, seconds(key_of(name), getattr(self, name)))
         set_(self, "clock_skew", seconds(key_of("clock_skew"), self.clock_skew, zero=True))
-        for name in ("buffer_max_keys", "batch_max_keys", "max_manifest_bytes"):
+        for name in ("buffer_max_keys", "batch_max_keys", "max_manifest_bytes", "history_days"):
             set_(self, name, integer(key_of(name), getattr(self, name), minimum=1))
         prefix = self.key_prefix
         if not isinstance(prefix, str) or not prefix or prefix.endswith("/"):

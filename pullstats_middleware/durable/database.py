@@ -24,7 +24,9 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from pullstats_middleware.durable.schema import (
     flush_claims,
+    manifest_daily,
     manifest_pulls,
+    tag_daily,
     tag_pulls,
 )
 from pullstats_middleware.durable.writes import add
@@ -80,6 +82,14 @@ class Database:
 
     def _add(self, connection: Connection, deltas: Iterable[Delta]) -> None:
         add(connection, self.dialect, deltas)
+
+    def prune(self, before: str) -> int:
+        """Delete the daily rows of days before `before` (YYYY-MM-DD); rows deleted."""
+        with self.engine.begin() as connection:
+            return sum(
+                connection.execute(table.delete().where(table.c.day < before)).rowcount
+                for table in (tag_daily, manifest_daily)
+            )
 
     # -- reads -----------------------------------------------------------------
 

@@ -16,6 +16,7 @@ key), so the second writer's transaction fails and it only releases.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import threading
 import time
@@ -28,10 +29,14 @@ log = logging.getLogger("pullstats_middleware")
 
 
 class Flusher:
-    def __init__(self, store: ClaimStore, database: Database, *, batch: int = 5000) -> None:
+    def __init__(
+        self, store: ClaimStore, database: Database, *, batch: int = 5000, history_days: int = 400
+    ) -> None:
         self.store = store
         self.database = database
         self.batch = batch
+        self.history_days = history_days  # PULL_METRICS_HISTORY_DAYS
+        self._pruned = -PRUNE_EVERY  # time.monotonic() of the last pruning
 
     def claim(self) -> Claim:
         return self.store.claim(uuid.uuid4().hex, self.batch)
@@ -57,10 +62,27 @@ class Flusher:
         while True:
             claim = self.claim()
             if not claim.deltas:
+                self.prune()
                 return moved
             self.write(claim)
             self.release(claim)
             moved += len(claim.deltas)
+
+    def prune(self) -> int:
+        """Delete daily history older than `history_days`, at most once per PRUNE_EVERY
+        (a scan of the day index; history changes by a day a day). Rows deleted."""
+        if time.monotonic() - self._pruned < PRUNE_EVERY:
+            return 0
+        today = datetime.datetime.now(datetime.timezone.utc).date()
+        cutoff = today - datetime.timedelta(days=self.history_days - 1)
+        deleted = self.database.prune(cutoff.isoformat())
+        self._pruned = time.monotonic()
+        if deleted:
+            log.info("pull statistics: deleted %d days of history before %s", deleted, cutoff)
+        return deleted
+
+
+PRUNE_EVERY = 3600.0
 
 
 class FlusherThread:

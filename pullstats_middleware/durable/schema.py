@@ -7,7 +7,7 @@ what the routes answer.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, LargeBinary, MetaData, String, Table
+from sqlalchemy import BigInteger, Column, Index, LargeBinary, MetaData, String, Table
 
 metadata = MetaData()
 
@@ -42,6 +42,7 @@ tag_daily = Table(
     Column("day", String(10), primary_key=True),
     Column("pull_count", BigInteger, nullable=False),
     Column("pullers", LargeBinary),  # who pulled that day: a HyperLogLog sketch
+    Index("tag_daily_day", "day"),  # PULL_METRICS_HISTORY_DAYS: old days are deleted
 )
 
 manifest_daily = Table(
@@ -52,6 +53,7 @@ manifest_daily = Table(
     Column("day", String(10), primary_key=True),
     Column("pull_count", BigInteger, nullable=False),
     Column("pullers", LargeBinary),
+    Index("manifest_daily_day", "day"),
 )
 
 # One row per claim the flush worker committed: a claim is written once, whatever
