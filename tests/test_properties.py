@@ -65,6 +65,7 @@ ANY_PATH = st.one_of(
         st.sampled_from(["tag", "manifest", "labels"]),
         REFERENCES,
     ),
+    st.builds("/api/v1/repository/{}/pull_statistics/history".format, NAMES),
 )
 # Weighted toward what the middleware watches: GET and HEAD, status 200.
 METHODS = st.one_of(

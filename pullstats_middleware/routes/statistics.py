@@ -14,7 +14,7 @@ from pullstats_middleware.matchers import (
     validate_repository,
     validate_tag,
 )
-from pullstats_middleware.routes.history import manifest_history, tag_history
+from pullstats_middleware.routes.history import manifest_history, repository_history, tag_history
 from pullstats_middleware.routes.http import Probe, Response, json_response
 from pullstats_middleware.routes.listing import repository_tags
 from pullstats_middleware.routes.router import Route, RouteContext
@@ -101,5 +101,13 @@ ROUTES: tuple[Route, ...] = (
         params={"repository": validate_repository, "reference": validate_digest},
         probe=manifest_head,
         summary="Pulls per UTC day of one manifest (needs a database)",
+    ),
+    Route(
+        "repository_history",
+        f"{_REPOSITORY}/pull_statistics/history",
+        repository_history,
+        params={"repository": validate_repository},
+        probe=tags_list,
+        summary="Pulls per UTC day of a whole repository (needs a database)",
     ),
 )
