@@ -14,6 +14,7 @@ from pullstats_middleware.matchers import (
     validate_repository,
     validate_tag,
 )
+from pullstats_middleware.routes.dashboard import dashboard
 from pullstats_middleware.routes.history import manifest_history, repository_history, tag_history
 from pullstats_middleware.routes.http import Probe, Response, json_response
 from pullstats_middleware.routes.listing import repository_tags
@@ -109,5 +110,13 @@ ROUTES: tuple[Route, ...] = (
         params={"repository": validate_repository},
         probe=tags_list,
         summary="Pulls per UTC day of a whole repository (needs a database)",
+    ),
+    Route(
+        "dashboard",
+        "/api/v1/pull_statistics/ui/<anypath:repository>",
+        dashboard,
+        params={"repository": validate_repository},
+        probe=tags_list,
+        summary="An HTML page of a repository's pulls per day, top and stale tags, and health",
     ),
 )
