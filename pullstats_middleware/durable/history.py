@@ -59,7 +59,8 @@ class _Days:
     def add_row(self, day: str, count: int, blob: bytes | None, where: object) -> None:
         self.counts[day] = self.counts.get(day, 0) + int(count)
         if blob:
-            self.sketches.setdefault(day, Sketch()).merge(sketch(blob, where))
+            one, mine = sketch(blob, where), self.sketches.get(day)
+            self.sketches[day] = one if mine is None else mine.merge(one)
 
     def add_parts(self, parts: Iterable[Delta | None]) -> None:
         for part in parts:

@@ -9,9 +9,12 @@ path, Selenium never tries to download a driver, so this works offline.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import random
 import shutil
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +126,21 @@ def _pulls(day: dt.date, back: int, rank: int) -> int:
     else:
         base = max(1.0, back / 15)
     return round(base * noise * (0.5 if day.weekday() >= 5 else 1.0))
+
+
+def wait_until_counted(proxy: PullstatsProxy, counted: dict[str, int]) -> None:
+    """Until the listing route counts every pull `seed` made (the proxy records in the
+    background); ServiceError after 30 s."""
+    listing = f"{proxy.url}/api/v1/repository/{REPOSITORY}/pull_statistics?sort=tag_name"
+    deadline = time.monotonic() + 30
+    while True:
+        with urllib.request.urlopen(listing, timeout=30) as answer:
+            rows = {row["tag_name"]: row["tag_pull_count"] for row in json.load(answer)["tags"]}
+        if all(rows.get(tag) == count for tag, count in counted.items()):
+            return
+        if time.monotonic() > deadline:
+            raise ServiceError(f"the proxy counted {rows}, not {counted}")
+        time.sleep(0.2)
 
 
 def texts(driver: webdriver.Chrome, selector: str) -> list[str]:

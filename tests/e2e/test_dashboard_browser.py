@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +34,7 @@ from tests.e2e.browser import (
     full_page_screenshot,
     seed,
     texts,
+    wait_until_counted,
 )
 from tests.e2e.services import DockerRegistry, PullstatsProxy, RedisServer
 from tests.test_proxy import Served
@@ -62,14 +62,7 @@ def served(
     env = {"PULL_METRICS_DATABASE": url, "PULL_METRICS_DATABASE_FLUSH_INTERVAL": "0.5"}
     with PullstatsProxy(registry.url, redis.url, env=env) as proxy:
         counted = seed(registry, proxy, redis.url, workdir, SEEDED_DAYS)
-        listing = f"{proxy.url}{API}/pull_statistics?sort=tag_name"
-        deadline = time.monotonic() + 30
-        while True:  # the proxy records in the background: wait for every pull
-            rows = {row["tag_name"]: row["tag_pull_count"] for row in get_json(listing)["tags"]}
-            if all(rows.get(tag) == count for tag, count in counted.items()):
-                break
-            assert time.monotonic() < deadline, (rows, counted)
-            time.sleep(0.2)
+        wait_until_counted(proxy, counted)
         yield proxy, counted
 
 
