@@ -12,7 +12,9 @@ server, so the difference is what the middleware's reads and rendering cost.
 
 Figures, medians over the loads: first contentful paint (the Performance API's
 `first-contentful-paint`, from navigation start), and the server's share (request
-sent to last byte received, Navigation Timing). Prints one table; asserts nothing.
+sent to last byte received, Navigation Timing), and for comparison the time the same
+data takes from the JSON routes, four requests in a row. Prints one table; asserts
+nothing.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ import argparse
 import datetime as dt
 import functools
 import http.server
+import json
 import statistics
 import sys
 import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -83,6 +87,24 @@ def measure(browser: webdriver.Chrome, url: str) -> Sample:
     return fcp, float(server), int(size)
 
 
+def json_reads(base: str, days: int) -> float:
+    """Milliseconds to fetch what the page shows from the JSON routes instead, one
+    request after the other: both listings, the repository's and the top tag's history."""
+    api = f"{base}/api/v1/repository/{REPOSITORY}"
+    start = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=days - 1)
+    started = time.perf_counter()
+    with urllib.request.urlopen(f"{api}/pull_statistics?sort=pull_count&order=desc&limit=10") as a:
+        top = json.load(a)["tags"][0]["tag_name"]
+    for path in (
+        "pull_statistics?sort=last_pull_date&limit=10",
+        f"pull_statistics/history?start={start}",
+        f"tag/{top}/pull_statistics/history?start={start}",
+    ):
+        with urllib.request.urlopen(f"{api}/{path}") as answer:
+            answer.read()
+    return (time.perf_counter() - started) * 1000
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--loads", type=int, default=15)
@@ -115,10 +137,11 @@ def main() -> None:
                         (static / f"{days}.html").write_bytes(answer.read())
                     base = f"http://127.0.0.1:{files.server_address[1]}/{days}.html"
                     measure(browser, ours), measure(browser, base)  # warm both up
-                    got: dict[str, list[Sample]] = {"ours": [], "base": []}
+                    got: dict[str, list[Sample]] = {"ours": [], "base": [], "json": []}
                     for n in range(options.loads):
                         got["ours"].append(measure(browser, ours))
                         got["base"].append(measure(browser, f"{base}?n={n}"))
+                        got["json"].append((0.0, json_reads(proxy.url, days), 0))
                     rows.append((days, got))
             finally:
                 browser.quit()
@@ -138,6 +161,8 @@ def report(rows: list[tuple[int, dict[str, list[Sample]]]], options: argparse.Na
         ours, base = median(got["ours"], 1), median(got["base"], 1)
         server = "  request to last byte"
         table.append((server, f"{ours:.1f} ms", f"{base:.1f} ms", f"{ours - base:+.1f} ms"))
+        reads = f"{median(got['json'], 1):.1f} ms"
+        table.append(("  the same data, 4 JSON requests", reads, "", ""))
         table.append(("  page size", f"{median(got['ours'], 2) / 1024:.0f} KiB", "", ""))
     tags = f"5 tags + {options.tags} more" if options.tags else "5 tags"
     print(
