@@ -18,7 +18,7 @@ from pullstats_middleware.store.order import TagOrder
 from pullstats_middleware.store.pending import ClaimStore, Merged, RecordKey
 
 if TYPE_CHECKING:  # the durable store needs the [sql] extra: imported only when configured
-    from pullstats_middleware.durable import Database, FlusherThread, History
+    from pullstats_middleware.durable import Database, FlusherThread, History, RepositoryHistory
 
 log = logging.getLogger("pullstats_middleware")
 
@@ -156,6 +156,18 @@ class PullMetrics:
 
         key = RecordKey(kind, repository, name)
         return daily(cast(ClaimStore, self.store), self.database, key, start, end)
+
+    def get_repository_history(
+        self, repository: str, start: dt.date, end: dt.date
+    ) -> RepositoryHistory:
+        """Pulls (manifest GETs), pulls by tag and unique pullers per UTC day of a whole
+        repository, as `get_history`. Needs a database (HistoryUnavailable without one)."""
+        _check(validate_repository(repository))
+        if self.database is None:
+            raise HistoryUnavailable("pull history needs a database: set PULL_METRICS_DATABASE")
+        from pullstats_middleware.durable import repository_daily
+
+        return repository_daily(cast(ClaimStore, self.store), self.database, repository, start, end)
 
     def get_tags(self, repository: str, also: Iterable[str] = ()) -> list[dict[str, Any]]:
         """Every tag of `repository` the store or the database knows, and those in `also`

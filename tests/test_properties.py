@@ -65,6 +65,8 @@ ANY_PATH = st.one_of(
         st.sampled_from(["tag", "manifest", "labels"]),
         REFERENCES,
     ),
+    st.builds("/api/v1/repository/{}/pull_statistics/history".format, NAMES),
+    st.builds("/api/v1/pull_statistics/ui/{}".format, NAMES),
 )
 # Weighted toward what the middleware watches: GET and HEAD, status 200.
 METHODS = st.one_of(
@@ -233,14 +235,17 @@ def test_adapters_under_hostile_input(
             expected = {status if status in (401, 403, 404) else 503}
         elif outcome.route.name.endswith("history"):
             expected = {history(query)}
-        elif outcome.route.name == "repository":  # its query, and the tag list the registry
-            expected = {200, 400, 503}  # sent (the body of this example: JSON or not)
+        elif outcome.route.name in ("repository", "dashboard"):  # its query, and the tag list
+            expected = {200, 400, 503}  # the registry sent (the body of this example: JSON or not)
         else:
             expected = {200}
         assert got_status in expected
         probes = [seen[0] for seen in echo.seen]
         assert probes in ([], ["HEAD"], ["GET"])  # at most the probe the route names
-        if method != "HEAD":
+        page = isinstance(outcome, RouteCall) and outcome.route.name == "dashboard"
+        if method != "HEAD" and page and got_status == 200:
+            assert got_body.startswith(b"<!doctype html>")
+        elif method != "HEAD":
             assert isinstance(json.loads(got_body), dict)
         assert metrics.flush(10)
         for key in server.keys():  # noqa: SIM118 -- a Redis client, not a dict

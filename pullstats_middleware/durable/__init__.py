@@ -4,7 +4,25 @@ what Redis still holds, so answers never lag behind a pull."""
 
 from pullstats_middleware.durable.database import Database
 from pullstats_middleware.durable.flusher import Flusher, FlusherThread
-from pullstats_middleware.durable.history import Day, History, daily
+from pullstats_middleware.durable.history import (
+    Day,
+    History,
+    RepositoryDay,
+    RepositoryHistory,
+    daily,
+    repository_daily,
+)
 from pullstats_middleware.durable.reads import merged
 
-__all__ = ["Database", "Day", "Flusher", "FlusherThread", "History", "daily", "merged"]
+__all__ = [
+    "Database",
+    "Day",
+    "Flusher",
+    "FlusherThread",
+    "History",
+    "RepositoryDay",
+    "RepositoryHistory",
+    "daily",
+    "merged",
+    "repository_daily",
+]

@@ -1,9 +1,11 @@
-"""Pulls per UTC day of a tag or a manifest: the history routes.
+"""Pulls per UTC day of a tag, a manifest or a whole repository: the history routes.
 
 `?start=YYYY-MM-DD&end=YYYY-MM-DD`, both optional (the last 30 days to today),
 at most 400 days; one entry per day, zero-filled. Unique pullers are HyperLogLog
 estimates (about 0.8 % standard error; exact in practice below a few hundred),
-per day and over the range (a puller on many days counts once).
+per day and over the range (a puller on many days counts once). A repository's
+pulls of a day are its manifest GETs (by tag or by digest; a multi-arch pull is the
+index and the platform's manifest), with its pulls by tag apart.
 """
 
 from __future__ import annotations
@@ -85,3 +87,30 @@ def tag_history(context: RouteContext) -> Response:
 
 def manifest_history(context: RouteContext) -> Response:
     return _history(context, "manifest", "manifest_digest")
+
+
+def repository_history(context: RouteContext) -> Response:
+    start, end = date_range(context.request.query)
+    repository = context.args["repository"]
+    try:
+        history = context.metrics.get_repository_history(repository, start, end)
+    except HistoryUnavailable as exc:
+        raise RouteError(501, str(exc)) from None
+    return json_response(
+        200,
+        {
+            "repository": repository,
+            "start": start.isoformat(),
+            "end": end.isoformat(),
+            "unique_pullers": history.unique_pullers,
+            "days": [
+                {
+                    "date": day,
+                    "pull_count": count,
+                    "tag_pull_count": by_tag,
+                    "unique_pullers": pullers,
+                }
+                for day, count, by_tag, pullers in history.days
+            ],
+        },
+    )

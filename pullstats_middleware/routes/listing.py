@@ -72,9 +72,9 @@ def repository_tags(context: RouteContext) -> Response:
         pulled_before=_date(params, "pulled_before"),
         pulled_since=_date(params, "pulled_since"),
     )
-    registry_tags = _registry_tags(context)
+    listed = registry_tags(context)
     repository = context.args["repository"]
-    page, more = context.metrics.get_tag_page(repository, registry_tags, wanted, int(limit_text))
+    page, more = context.metrics.get_tag_page(repository, listed, wanted, int(limit_text))
     payload = {
         "repository": repository,
         "tags": page,
@@ -87,7 +87,7 @@ def _date(params: dict[str, str], name: str) -> str | None:
     return date_param(name, params[name]).isoformat() if name in params else None
 
 
-def _registry_tags(context: RouteContext) -> list[str]:
+def registry_tags(context: RouteContext) -> list[str]:
     if context.probe is None:  # PULL_METRICS_AUTH none or a policy: no list was asked for
         return []
     try:

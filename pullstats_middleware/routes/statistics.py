@@ -14,7 +14,8 @@ from pullstats_middleware.matchers import (
     validate_repository,
     validate_tag,
 )
-from pullstats_middleware.routes.history import manifest_history, tag_history
+from pullstats_middleware.routes.dashboard import dashboard
+from pullstats_middleware.routes.history import manifest_history, repository_history, tag_history
 from pullstats_middleware.routes.http import Probe, Response, json_response
 from pullstats_middleware.routes.listing import repository_tags
 from pullstats_middleware.routes.router import Route, RouteContext
@@ -101,5 +102,21 @@ ROUTES: tuple[Route, ...] = (
         params={"repository": validate_repository, "reference": validate_digest},
         probe=manifest_head,
         summary="Pulls per UTC day of one manifest (needs a database)",
+    ),
+    Route(
+        "repository_history",
+        f"{_REPOSITORY}/pull_statistics/history",
+        repository_history,
+        params={"repository": validate_repository},
+        probe=tags_list,
+        summary="Pulls per UTC day of a whole repository (needs a database)",
+    ),
+    Route(
+        "dashboard",
+        "/api/v1/pull_statistics/ui/<anypath:repository>",
+        dashboard,
+        params={"repository": validate_repository},
+        probe=tags_list,
+        summary="An HTML page of a repository's pulls per day, top and stale tags, and health",
     ),
 )
