@@ -81,7 +81,7 @@ def test_malformed_names_are_400(path: str, detail: str) -> None:
 
 def test_the_probe_is_a_manifest_head_under_the_path_prefix() -> None:
     r = router(PullStatsConfig(enabled=True, path_prefix="/registry"))
-    assert r.roots == "/registry/api/v1/repository/"
+    assert "/registry/api/v1/repository/" in r.roots
     outcome = route("/registry/api/v1/repository/a/b/tag/v1/pull_statistics", r=r)
     assert isinstance(outcome, RouteCall) and outcome.probe is not None
     assert outcome.probe.method == "HEAD"

@@ -13,10 +13,37 @@ from urllib.parse import parse_qsl
 
 from pullstats_middleware.metrics import HistoryUnavailable
 from pullstats_middleware.routes.http import Response, RouteError, json_response
-from pullstats_middleware.routes.router import RouteContext
+from pullstats_middleware.routes.openapi import COUNT, DATE
+from pullstats_middleware.routes.router import JsonSchema, RouteContext
 
 DEFAULT_DAYS = 30
 MAX_DAYS = 400
+QUERY: dict[str, JsonSchema] = {  # for the OpenAPI document
+    "start": {**DATE, "description": f"the first day; default: {DEFAULT_DAYS - 1} days before end"},
+    "end": {**DATE, "description": f"the last day, at most {MAX_DAYS} after start; default: today"},
+}
+
+
+def answer_schema(field: str) -> JsonSchema:
+    """The history of a tag (`field` tag_name) or a manifest (manifest_digest)."""
+    day = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["date", "pull_count", "unique_pullers"],
+        "properties": {"date": DATE, "pull_count": COUNT, "unique_pullers": COUNT},
+    }
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": [field, "start", "end", "unique_pullers", "days"],
+        "properties": {
+            field: {"type": "string"},
+            "start": DATE,
+            "end": DATE,
+            "unique_pullers": {**COUNT, "description": "over the range, estimated"},
+            "days": {"type": "array", "items": day},
+        },
+    }
 
 
 def date_range(query: str) -> tuple[dt.date, dt.date]:
