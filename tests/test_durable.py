@@ -261,6 +261,22 @@ def test_bad_history_queries_are_400(history_driver: Driver, query: str, detail:
     assert result.status == 400 and detail in result.json()["detail"]
 
 
+@pytest.mark.parametrize(
+    "query, first, days",
+    [
+        ("end=0001-01-01", "0001-01-01", 1),  # the default start fell before year 1: a 500
+        ("end=0001-01-05", "0001-01-01", 5),
+        ("start=9999-12-31&end=9999-12-31", "9999-12-31", 1),
+    ],
+)
+def test_history_at_the_ends_of_the_calendar(
+    history_driver: Driver, query: str, first: str, days: int
+) -> None:
+    result = history(history_driver, query)
+    assert result.status == 200, result.body
+    assert result.json()["start"] == first and len(result.json()["days"]) == days
+
+
 def test_history_without_a_database_is_501(client: Driver) -> None:
     result = history(client)
     assert result.status == 501 and "PULL_METRICS_DATABASE" in result.json()["detail"]

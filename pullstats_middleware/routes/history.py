@@ -64,8 +64,8 @@ def date_range(query: str) -> tuple[dt.date, dt.date]:
     )
     if "start" in params:
         start = date_param("start", params["start"])
-    else:
-        start = end - dt.timedelta(days=DEFAULT_DAYS - 1)
+    else:  # the default range, cut at the first representable day (end=0001-01-01)
+        start = end - dt.timedelta(days=min(DEFAULT_DAYS - 1, (end - dt.date.min).days))
     if start > end:
         raise RouteError(400, f"start {start} is after end {end}")
     if (end - start).days + 1 > MAX_DAYS:
