@@ -251,6 +251,7 @@ def test_history_is_zero_filled_and_counts_today_before_and_after_a_flush(
     [
         ("start=2026-13-01", "start must be a date YYYY-MM-DD"),
         ("end=yesterday", "end must be a date YYYY-MM-DD"),
+        ("end=2026-W01-1", "end must be a date YYYY-MM-DD"),  # an ISO week date
         ("start=2026-11-28&end=2026-11-01", "is after end"),
         ("start=2020-01-01&end=2026-11-28", "at most 400 days"),
         ("days=7", "unknown query parameter 'days'"),

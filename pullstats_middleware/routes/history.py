@@ -9,6 +9,7 @@ per day and over the range (a puller on many days counts once).
 from __future__ import annotations
 
 import datetime as dt
+import re
 from urllib.parse import parse_qsl
 
 from pullstats_middleware.metrics import HistoryUnavailable
@@ -75,9 +76,13 @@ def date_range(query: str) -> tuple[dt.date, dt.date]:
     return start, end
 
 
+# What the document says (RFC 3339 full-date); fromisoformat also takes week dates (2026-W01-1).
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
 def date_param(name: str, value: str) -> dt.date:
     try:
-        if len(value) != 10:
+        if _DATE.fullmatch(value) is None:
             raise ValueError(value)
         return dt.date.fromisoformat(value)
     except ValueError:

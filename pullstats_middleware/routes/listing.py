@@ -97,7 +97,8 @@ def repository_tags(context: RouteContext) -> Response:
     if order not in ("asc", "desc"):
         raise RouteError(400, f"order must be asc or desc, got {order!r}")
     limit_text = params.get("limit", str(DEFAULT_LIMIT))
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_LIMIT:
+    # isascii: str.isdigit and int() take other scripts' digits too ("٣"), no integer to JSON
+    if not (limit_text.isascii() and limit_text.isdigit()) or not 1 <= int(limit_text) <= MAX_LIMIT:
         raise RouteError(400, f"limit must be a number from 1 to {MAX_LIMIT}, got {limit_text!r}")
     field = SORTS[sort]
     wanted = TagOrder(
