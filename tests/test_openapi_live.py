@@ -23,9 +23,13 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import (
+    content_type_conformance,
+    negative_data_rejection,
     not_a_server_error,
+    response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
+    unsupported_method,
 )
 from werkzeug.serving import make_server
 
@@ -39,7 +43,17 @@ from pullstats_middleware.wsgi import PullStatsMiddleware
 from tests.apps import asgi_app, wsgi_app
 from tests.test_proxy import Served
 
-CHECKS = [not_a_server_error, status_code_conformance, response_schema_conformance]
+# No 5xx, every status documented, every body in its schema; and the content type and
+# headers as documented, invalid input refused (4xx), other methods 405.
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    response_schema_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    negative_data_rejection,
+    unsupported_method,
+]
 ALICE = "Basic " + base64.b64encode(b"alice:wonderland").decode()
 # Bounded, so the file stays fast: the coverage phase's boundary and negative values,
 # then a few random ones per operation. Stateful runs need links the document has not.
