@@ -251,6 +251,7 @@ def test_history_is_zero_filled_and_counts_today_before_and_after_a_flush(
     [
         ("start=2026-13-01", "start must be a date YYYY-MM-DD"),
         ("end=yesterday", "end must be a date YYYY-MM-DD"),
+        ("end=2026-W01-1", "end must be a date YYYY-MM-DD"),  # an ISO week date
         ("start=2026-11-28&end=2026-11-01", "is after end"),
         ("start=2020-01-01&end=2026-11-28", "at most 400 days"),
         ("days=7", "unknown query parameter 'days'"),
@@ -259,6 +260,22 @@ def test_history_is_zero_filled_and_counts_today_before_and_after_a_flush(
 def test_bad_history_queries_are_400(history_driver: Driver, query: str, detail: str) -> None:
     result = history(history_driver, query)
     assert result.status == 400 and detail in result.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "query, first, days",
+    [
+        ("end=0001-01-01", "0001-01-01", 1),  # the default start fell before year 1: a 500
+        ("end=0001-01-05", "0001-01-01", 5),
+        ("start=9999-12-31&end=9999-12-31", "9999-12-31", 1),
+    ],
+)
+def test_history_at_the_ends_of_the_calendar(
+    history_driver: Driver, query: str, first: str, days: int
+) -> None:
+    result = history(history_driver, query)
+    assert result.status == 200, result.body
+    assert result.json()["start"] == first and len(result.json()["days"]) == days
 
 
 def test_history_without_a_database_is_501(client: Driver) -> None:

@@ -122,6 +122,8 @@ def test_pages_cover_every_tag_once_even_while_counts_change(driver: Driver, ord
         ("order=up", "order must be asc or desc"),
         ("limit=0", "limit must be a number from 1 to 1000"),
         ("limit=abc", "limit must be a number"),
+        ("limit=%D9%A3", "limit must be a number"),  # an Arabic-Indic 3
+        ("pulled_since=2026-W01-1", "pulled_since must be a date"),  # an ISO week date
         ("cursor=%21%21", "invalid cursor"),
         ("pulled_before=soon", "pulled_before must be a date"),
         ("colour=red", "unknown query parameter 'colour'"),

@@ -30,10 +30,16 @@ from pullstats_middleware.routes.dashboard_page import (
 from pullstats_middleware.routes.history import MAX_DAYS
 from pullstats_middleware.routes.http import Response, RouteError
 from pullstats_middleware.routes.listing import registry_tags
-from pullstats_middleware.routes.router import RouteContext
+from pullstats_middleware.routes.router import JsonSchema, RouteContext
 from pullstats_middleware.store.order import TagOrder
 
 DEFAULT_DAYS = 30
+QUERY: dict[str, JsonSchema] = {  # for the OpenAPI document
+    "days": {"type": "integer", "minimum": 1, "maximum": MAX_DAYS,
+             "description": f"days shown, ending today; default {DEFAULT_DAYS}"},
+    "ref": {"type": "string", "description": "the tag or digest charted on its own; "
+            "default: the most pulled tag"},
+}  # fmt: skip
 _PARAMS = ("days", "ref")
 
 
@@ -48,7 +54,7 @@ def _query(query: str) -> tuple[int, str | None]:
         detail = f"unknown query parameter {unknown[0]!r}; this page takes days and ref"
         raise RouteError(400, detail)
     text = params.get("days", str(DEFAULT_DAYS))
-    if not (text.isdigit() and 1 <= int(text) <= MAX_DAYS):
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_DAYS):
         raise RouteError(400, f"days must be a number from 1 to {MAX_DAYS}, got {text!r}")
     ref = params.get("ref") or None  # the form's empty field: no choice
     if ref is not None:

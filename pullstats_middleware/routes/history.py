@@ -11,14 +11,56 @@ index and the platform's manifest), with its pulls by tag apart.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from urllib.parse import parse_qsl
 
 from pullstats_middleware.metrics import HistoryUnavailable
 from pullstats_middleware.routes.http import Response, RouteError, json_response
-from pullstats_middleware.routes.router import RouteContext
+from pullstats_middleware.routes.openapi import COUNT, DATE
+from pullstats_middleware.routes.router import JsonSchema, RouteContext
 
 DEFAULT_DAYS = 30
 MAX_DAYS = 400
+QUERY: dict[str, JsonSchema] = {  # for the OpenAPI document
+    "start": {**DATE, "description": f"the first day; default: {DEFAULT_DAYS - 1} days before end"},
+    "end": {**DATE, "description": f"the last day, at most {MAX_DAYS} after start; default: today"},
+}
+
+
+def answer_schema(field: str) -> JsonSchema:
+    """The history of a tag (`field` tag_name) or a manifest (manifest_digest)."""
+    day = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["date", "pull_count", "unique_pullers"],
+        "properties": {"date": DATE, "pull_count": COUNT, "unique_pullers": COUNT},
+    }
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": [field, "start", "end", "unique_pullers", "days"],
+        "properties": {
+            field: {"type": "string"},
+            "start": DATE,
+            "end": DATE,
+            "unique_pullers": {**COUNT, "description": "over the range, estimated"},
+            "days": {"type": "array", "items": day},
+        },
+    }
+
+
+def repository_answer_schema() -> JsonSchema:
+    """The history of a whole repository: every manifest pull, and those by tag."""
+    day = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["date", "pull_count", "tag_pull_count", "unique_pullers"],
+        "properties": {"date": DATE, "pull_count": COUNT, "tag_pull_count": COUNT,
+                       "unique_pullers": COUNT},
+    }  # fmt: skip
+    schema = answer_schema("repository")
+    schema["properties"]["days"] = {"type": "array", "items": day}
+    return schema
 
 
 def date_range(query: str) -> tuple[dt.date, dt.date]:
@@ -39,8 +81,8 @@ def date_range(query: str) -> tuple[dt.date, dt.date]:
     )
     if "start" in params:
         start = date_param("start", params["start"])
-    else:
-        start = end - dt.timedelta(days=DEFAULT_DAYS - 1)
+    else:  # the default range, cut at the first representable day (end=0001-01-01)
+        start = end - dt.timedelta(days=min(DEFAULT_DAYS - 1, (end - dt.date.min).days))
     if start > end:
         raise RouteError(400, f"start {start} is after end {end}")
     if (end - start).days + 1 > MAX_DAYS:
@@ -50,9 +92,13 @@ def date_range(query: str) -> tuple[dt.date, dt.date]:
     return start, end
 
 
+# What the document says (RFC 3339 full-date); fromisoformat also takes week dates (2026-W01-1).
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
 def date_param(name: str, value: str) -> dt.date:
     try:
-        if len(value) != 10:
+        if _DATE.fullmatch(value) is None:
             raise ValueError(value)
         return dt.date.fromisoformat(value)
     except ValueError:

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 RETRY_AFTER = "5"  # seconds; how long a 503 asks the caller to wait
 
-_TITLES = {
+ERROR_TITLES = {
     400: "invalid_request",
     401: "unauthorized",
     403: "forbidden",
@@ -24,7 +24,19 @@ _TITLES = {
     501: "not_implemented",
     503: "service_unavailable",
 }
-ERROR_STATUSES = frozenset(_TITLES)
+ERROR_STATUSES = frozenset(ERROR_TITLES)
+# The body of every error answer, as the OpenAPI document states it.
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["status", "title", "detail", "error_message"],
+    "additionalProperties": False,
+    "properties": {
+        "status": {"type": "integer", "description": "the HTTP status, repeated"},
+        "title": {"enum": [*ERROR_TITLES.values(), "error"]},
+        "detail": {"type": "string", "description": "what is wrong, naming the value"},
+        "error_message": {"type": "string", "description": "the same as detail (Quay's field)"},
+    },
+}
 
 
 class Request(NamedTuple):
@@ -93,7 +105,7 @@ def error(status: int, detail: str, headers: list[tuple[str, str]] | None = None
     """Quay's API error shape."""
     payload = {
         "status": status,
-        "title": _TITLES.get(status, "error"),
+        "title": ERROR_TITLES.get(status, "error"),
         "detail": detail,
         "error_message": detail,
     }

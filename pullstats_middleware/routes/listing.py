@@ -17,11 +17,46 @@ from urllib.parse import parse_qsl
 
 from pullstats_middleware.routes.history import date_param
 from pullstats_middleware.routes.http import RETRY_AFTER, Response, RouteError, json_response
-from pullstats_middleware.routes.router import RouteContext
+from pullstats_middleware.routes.openapi import COUNT, DATE, WHEN
+from pullstats_middleware.routes.router import JsonSchema, RouteContext
 from pullstats_middleware.store.order import SORTS, TagOrder
 
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
-_PARAMS = {"sort", "order", "limit", "cursor", "pulled_before", "pulled_since"}
+# The query and the answer, for the OpenAPI document.
+QUERY: dict[str, JsonSchema] = {
+    "sort": {"enum": list(SORTS), "default": "last_pull_date"},
+    "order": {"enum": ["asc", "desc"], "default": "asc"},
+    "limit": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+    "cursor": {"type": "string", "description": "the next_cursor of the previous page"},
+    "pulled_before": {**DATE, "description": "not pulled since that day (never pulled too)"},
+    "pulled_since": {**DATE, "description": "pulled on or after that day"},
+}
+_PARAMS = set(QUERY)
+TAG_FIELDS: dict[str, JsonSchema] = {  # the seed's six tag fields and last_push_date
+    "tag_name": {"type": "string"},
+    "tag_pull_count": COUNT,
+    "last_tag_pull_date": WHEN,
+    "current_manifest_digest": {"type": ["string", "null"]},
+    "manifest_pull_count": COUNT,
+    "last_manifest_pull_date": WHEN,
+    "last_push_date": WHEN,
+}
+TAG_ROW: JsonSchema = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": list(TAG_FIELDS),
+    "properties": TAG_FIELDS,
+}
+LISTING: JsonSchema = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["repository", "tags", "next_cursor"],
+    "properties": {
+        "repository": {"type": "string"},
+        "tags": {"type": "array", "items": TAG_ROW},
+        "next_cursor": {"type": ["string", "null"], "description": "null: the last page"},
+    },
+}
 
 
 def _query(query: str) -> dict[str, str]:
@@ -62,7 +97,8 @@ def repository_tags(context: RouteContext) -> Response:
     if order not in ("asc", "desc"):
         raise RouteError(400, f"order must be asc or desc, got {order!r}")
     limit_text = params.get("limit", str(DEFAULT_LIMIT))
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_LIMIT:
+    # isascii: str.isdigit and int() take other scripts' digits too ("٣"), no integer to JSON
+    if not (limit_text.isascii() and limit_text.isdigit()) or not 1 <= int(limit_text) <= MAX_LIMIT:
         raise RouteError(400, f"limit must be a number from 1 to {MAX_LIMIT}, got {limit_text!r}")
     field = SORTS[sort]
     wanted = TagOrder(

@@ -7,6 +7,7 @@ it, and the handler that produces the answer. `Router.route()` turns a
 policy's denial) or a `RouteCall`: the adapter runs `call.probe` in process,
 then `call.respond(answer)` judges the registry's answer and runs the handler.
 Adding a route is one handler and one entry in the table; no adapter changes.
+The same entry describes the route in the OpenAPI document (routes/openapi.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import BaseConverter, Map, Rule
@@ -36,6 +38,7 @@ from pullstats_middleware.store import StoreDataError, StoreUnavailable
 log = logging.getLogger("pullstats_middleware")
 
 Validator = Callable[[str], "str | None"]  # the problem with a value, or None
+JsonSchema = Mapping[str, Any]  # a JSON Schema (2020-12), as OpenAPI 3.1 takes it
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +49,7 @@ class RouteContext:
     args: Mapping[str, str]
     probe: ProbeAnswer | None  # None when no probe ran (PULL_METRICS_AUTH none or a policy)
     metrics: PullMetrics
+    routes: Sequence[Route] = ()  # the table the router mounts: what the OpenAPI route describes
 
 
 Handler = Callable[[RouteContext], Response]
@@ -61,6 +65,11 @@ class Route:
     probe: Callable[[Mapping[str, str]], Probe] | None = None
     methods: tuple[str, ...] = ("GET",)  # werkzeug adds HEAD wherever GET is
     summary: str = ""
+    # What the OpenAPI document says of the route; the handler still parses and checks.
+    query: Mapping[str, JsonSchema] = field(default_factory=dict)  # optional query parameters
+    response: JsonSchema | None = None  # the schema of a 200 answer; None: not described
+    media_type: str = "application/json"  # of a 200 answer
+    errors: tuple[int, ...] = ()  # statuses the handler answers itself (RouteError, store)
 
     @property
     def root(self) -> str:
@@ -90,12 +99,13 @@ class RouteCall:
     args: Mapping[str, str]
     probe: Probe | None  # for the adapter to run in process; None: nothing to ask
     metrics: PullMetrics
+    routes: Sequence[Route] = ()
 
     def respond(self, answer: ProbeAnswer | None) -> Response:
         """Judge the probe's answer, then run the handler (store I/O). Never raises."""
         response = judge_probe(answer) if self.probe is not None else None
         if response is None:
-            context = RouteContext(self.request, self.args, answer, self.metrics)
+            context = RouteContext(self.request, self.args, answer, self.metrics, self.routes)
             response = _run(self.route.handler, context)
         if self.request.method == "HEAD":
             return response._replace(body=b"")
@@ -119,11 +129,12 @@ def _run(handler: Handler, context: RouteContext) -> Response:
 
 
 class Router:
-    __slots__ = ("_auth", "_metrics", "_prefix", "_routes", "_urls", "roots")
+    __slots__ = ("_auth", "_metrics", "_prefix", "_routes", "_urls", "roots", "routes")
 
     def __init__(
         self, routes: Sequence[Route], config: PullStatsConfig, metrics: PullMetrics
     ) -> None:
+        self.routes = tuple(routes)
         self._routes = {route.name: route for route in routes}
         if len(self._routes) != len(routes):
             raise ValueError("route names must be unique")
@@ -168,12 +179,12 @@ class Router:
             if problem:
                 return error(400, problem)
         if route.probe is None or self._auth == "none":
-            return RouteCall(route, request, args, None, self._metrics)
+            return RouteCall(route, request, args, None, self._metrics, self.routes)
         if self._auth == "registry":
             probe = route.probe(args)
             probe = probe._replace(path=self._prefix + probe.path)
-            return RouteCall(route, request, args, probe, self._metrics)
+            return RouteCall(route, request, args, probe, self._metrics, self.routes)
         assert callable(self._auth)
         asked = StatsRequest(route.name, args.get("repository", ""), args.get("reference", ""))
         denied = judge_policy(self._auth, asked, request.headers)
-        return denied or RouteCall(route, request, args, None, self._metrics)
+        return denied or RouteCall(route, request, args, None, self._metrics, self.routes)

@@ -1,7 +1,8 @@
 """The statistics routes of a tag and of a manifest (docs/design.md, "HTTP routes").
 
 Each route is one handler and one `Route` in `ROUTES`; the router does the
-rest (matching, validation, authorization, errors).
+rest (matching, validation, authorization, errors), and routes/openapi.py
+describes the table (each entry's `query`, `response` and `errors` say the rest).
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ from pullstats_middleware.matchers import (
     validate_repository,
     validate_tag,
 )
+from pullstats_middleware.routes import history, listing
+from pullstats_middleware.routes.dashboard import QUERY as DASHBOARD_QUERY
 from pullstats_middleware.routes.dashboard import dashboard
 from pullstats_middleware.routes.history import manifest_history, repository_history, tag_history
 from pullstats_middleware.routes.http import Probe, Response, json_response
 from pullstats_middleware.routes.listing import repository_tags
-from pullstats_middleware.routes.router import Route, RouteContext
+from pullstats_middleware.routes.openapi import COUNT, DOCUMENT, OPENAPI_PATH, WHEN, openapi
+from pullstats_middleware.routes.router import JsonSchema, Route, RouteContext
 
 # What the manifest probe accepts, so the registry answers with the digest a
 # client would pull (an index stays an index).
@@ -41,6 +45,26 @@ def manifest_head(args: Mapping[str, str]) -> Probe:
 def tags_list(args: Mapping[str, str]) -> Probe:
     """May the caller list this repository's tags? For routes about a whole repository."""
     return Probe("GET", f"/v2/{args['repository']}/tags/list", "application/json")
+
+
+def _answer(fields: dict[str, JsonSchema]) -> JsonSchema:
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": list(fields),
+        "properties": fields,
+    }
+
+
+# The seed's six tag fields: a listing row without last_push_date.
+TAG_STATISTICS = _answer({k: v for k, v in listing.TAG_FIELDS.items() if k != "last_push_date"})
+MANIFEST_STATISTICS = _answer(
+    {
+        "manifest_digest": {"type": "string"},
+        "manifest_pull_count": COUNT,
+        "last_manifest_pull_date": WHEN,
+    }
+)
 
 
 def tag_statistics(context: RouteContext) -> Response:
@@ -70,6 +94,8 @@ ROUTES: tuple[Route, ...] = (
         params={"repository": validate_repository, "reference": validate_tag},
         probe=manifest_head,
         summary="Pull statistics of one tag and of the manifest it points to",
+        response=TAG_STATISTICS,
+        errors=(503,),
     ),
     Route(
         "manifest",
@@ -78,6 +104,8 @@ ROUTES: tuple[Route, ...] = (
         params={"repository": validate_repository, "reference": validate_digest},
         probe=manifest_head,
         summary="Pull statistics of one manifest, by digest",
+        response=MANIFEST_STATISTICS,
+        errors=(503,),
     ),
     Route(
         "repository",
@@ -86,6 +114,9 @@ ROUTES: tuple[Route, ...] = (
         params={"repository": validate_repository},
         probe=tags_list,
         summary="Every tag of a repository with its statistics, never-pulled tags included",
+        query=listing.QUERY,
+        response=listing.LISTING,
+        errors=(503,),
     ),
     Route(
         "tag_history",
@@ -94,6 +125,9 @@ ROUTES: tuple[Route, ...] = (
         params={"repository": validate_repository, "reference": validate_tag},
         probe=manifest_head,
         summary="Pulls per UTC day of one tag (needs a database)",
+        query=history.QUERY,
+        response=history.answer_schema("tag_name"),
+        errors=(501, 503),
     ),
     Route(
         "manifest_history",
@@ -102,6 +136,17 @@ ROUTES: tuple[Route, ...] = (
         params={"repository": validate_repository, "reference": validate_digest},
         probe=manifest_head,
         summary="Pulls per UTC day of one manifest (needs a database)",
+        query=history.QUERY,
+        response=history.answer_schema("manifest_digest"),
+        errors=(501, 503),
+    ),
+    # Public: it names no repository. Describes the table the router mounts.
+    Route(
+        "openapi",
+        OPENAPI_PATH,
+        openapi,
+        summary="This API's OpenAPI 3.1 document",
+        response=DOCUMENT,
     ),
     Route(
         "repository_history",
@@ -110,6 +155,9 @@ ROUTES: tuple[Route, ...] = (
         params={"repository": validate_repository},
         probe=tags_list,
         summary="Pulls per UTC day of a whole repository (needs a database)",
+        query=history.QUERY,
+        response=history.repository_answer_schema(),
+        errors=(501, 503),
     ),
     Route(
         "dashboard",
@@ -118,5 +166,9 @@ ROUTES: tuple[Route, ...] = (
         params={"repository": validate_repository},
         probe=tags_list,
         summary="An HTML page of a repository's pulls per day, top and stale tags, and health",
+        query=DASHBOARD_QUERY,
+        response={"type": "string"},
+        media_type="text/html",
+        errors=(503,),
     ),
 )
