@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -10,6 +11,7 @@ from pullstats_middleware.demo_registry import MemoryRegistry
 from pullstats_middleware.store import MemoryStore, RedisStore, Store
 from tests.apps import Driver, make_driver
 from tests.e2e.services import RedisServer
+from tests.postgres import PostgresServer
 
 
 @pytest.fixture(scope="session")
@@ -89,3 +91,36 @@ def client(
 @pytest.fixture(params=["wsgi", "asgi"])
 def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A private PostgreSQL server for the session (tests/postgres.py)."""
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def migrated_database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of a new database at this version's schema: an SQLite file, or a database
+    of its own on the session's PostgreSQL server."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    from pullstats_middleware.durable import Database
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'pullstats.db'}"
+    else:
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        name = f"t{uuid.uuid4().hex[:12]}"
+        admin = sa.create_engine(server.url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f"CREATE DATABASE {name}")
+        admin.dispose()
+        url = server.url.rsplit("/", 1)[0] + "/" + name
+    database = Database(url)
+    database.upgrade()
+    database.close()
+    return url
