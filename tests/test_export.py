@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import io
 import json
 import re
 import uuid
@@ -15,8 +16,10 @@ from typing import Any
 import pytest
 import redis
 import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from pullstats_middleware import PullMetrics, PullStatsConfig
+from pullstats_middleware import PullMetrics, PullStatsConfig, export_output
 from pullstats_middleware.cli import main
 from pullstats_middleware.config import KEYS
 from pullstats_middleware.durable import Database, Flusher
@@ -212,3 +215,24 @@ def test_export_merges_what_redis_holds_as_the_routes_do(
     assert ordered(export(tmp_path, "json", "--all", "--sql-only", *where)) == ordered(tags)
     assert real_redis.keys("pull_metrics/tag/*") == []
     metrics.close()
+
+
+values = st.one_of(st.none(), st.text(), st.integers(), st.booleans(), st.floats(allow_nan=False))
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.lists(st.tuples(values, st.text(), values), max_size=30), names=st.text())
+def test_every_format_reads_back_what_was_written(
+    rows: list[tuple[Any, str, Any]], names: str
+) -> None:
+    columns = (names, names + "%s", "c")
+    for fmt in ("json", "ndjson"):
+        out = io.StringIO()
+        assert export_output.write_rows(out, fmt, columns, rows, chunk=7) == len(rows)
+        text = out.getvalue()
+        parsed = json.loads(text) if fmt == "json" else [json.loads(x) for x in text.splitlines()]
+        assert parsed == [dict(zip(columns, row, strict=True)) for row in rows]
+    out = io.StringIO(newline="")
+    export_output.write_rows(out, "csv", columns, [(r[1], r[1], "") for r in rows], chunk=7)
+    assert list(csv.reader(io.StringIO(out.getvalue(), newline=""))) == [
+        list(columns), *([r[1], r[1], ""] for r in rows)]  # fmt: skip
