@@ -236,3 +236,21 @@ def test_every_format_reads_back_what_was_written(
     export_output.write_rows(out, "csv", columns, [(r[1], r[1], "") for r in rows], chunk=7)
     assert list(csv.reader(io.StringIO(out.getvalue(), newline=""))) == [
         list(columns), *([r[1], r[1], ""] for r in rows)]  # fmt: skip
+
+
+def test_an_export_reads_one_snapshot_while_the_flush_worker_writes(
+    migrated_database: str,
+) -> None:
+    fill(migrated_database)
+    database = Database(migrated_database)
+    stream = rows(database, Selection("history"), yield_per=50)
+    first = next(stream)  # reading tag_daily; manifest_daily comes next
+    writer = Database(migrated_database)
+    with writer.engine.begin() as connection:  # a flush commits meanwhile: not blocked
+        late = {"repository": "zzz/late", "digest": digest(7), "day": "2026-03-01"}
+        connection.execute(manifest_daily.insert(), [{**late, "pull_count": 1}])
+    writer.close()
+    got = [first, *stream]
+    assert len(got) == 1080 and all(row[0] != "zzz/late" for row in got)  # not in its snapshot
+    assert len(list(rows(database, Selection("history")))) == 1081  # the next export sees it
+    database.close()

@@ -100,7 +100,7 @@ def count(database: Database, selection: Selection) -> int:
     with database.snapshot(repeatable=False) as connection:
         return sum(
             int(connection.execute(select(func.count()).select_from(q.subquery())).scalar_one())
-            for _, q in _queries(selection)
+            for q in (query.order_by(None) for _, query in _queries(selection))  # no sort to count
         )
 
 
@@ -116,6 +116,10 @@ def rows(
     only `pending` holds, sorted."""
     claims = pending.claims if pending is not None else {}
     with database.snapshot() as connection:
+        if database.dialect == "sqlite":
+            # pysqlite begins no transaction for a SELECT: begin one, so the claims check
+            # and every query read one snapshot, as PostgreSQL's REPEATABLE READ does.
+            connection.exec_driver_sql("BEGIN")
         committed = database.committed(connection, claims)
         unflushed = _unflushed(pending, committed) if pending is not None else {}
         stream = connection.execution_options(stream_results=True, yield_per=yield_per)
