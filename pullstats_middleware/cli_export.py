@@ -112,7 +112,7 @@ def run_export(args: argparse.Namespace, config: PullStatsConfig) -> int:
             raise ExportError(f"{exc} (--sql-only exports the database alone)") from None
     from pullstats_middleware.durable import Database
     from pullstats_middleware.durable.export import COLUMNS, Selection, count, read_pending, rows
-    from pullstats_middleware.store import RedisStore, StoreUnavailable
+    from pullstats_middleware.store import RedisStore, StoreDataError, StoreUnavailable
 
     selection = Selection(args.kind, args.repository, args.since, args.until)
     database = Database(config.database)
@@ -132,6 +132,10 @@ def run_export(args: argparse.Namespace, config: PullStatsConfig) -> int:
                 export_output.write_rows(out, args.format, COLUMNS[args.kind], stream, advance)
     except StoreUnavailable as exc:
         raise ExportError(f"cannot read the statistics: {one_line(exc)}{_kept(target)}") from None
+    except StoreDataError as exc:
+        raise ExportError(
+            f"malformed statistics in Redis: {one_line(exc)}{_kept(target)}"
+        ) from None
     except BrokenPipeError:  # `pullstats export … | head`: the reader has seen enough
         _silence_stdout()
         return 141

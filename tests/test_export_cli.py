@@ -16,13 +16,14 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 import sqlalchemy as sa
 
 from pullstats_middleware.cli import main
 from pullstats_middleware.config import KEYS
 from pullstats_middleware.durable import Database
 from pullstats_middleware.store import StoreUnavailable
-from tests.e2e.services import free_port
+from tests.e2e.services import RedisServer, free_port
 
 # The export, slowed after its first 2,000 rows so a signal lands mid-way.
 SLOW_EXPORT = """
@@ -108,6 +109,20 @@ def test_bad_input_is_one_line_and_exit_2(
     one_line_error(capsys, ["--all", *fmt, *db, "--output", str(tmp_path / "no" / "x.csv")],
                    "cannot write", "No such file or directory")  # fmt: skip
     one_line_error(capsys, ["--all", *fmt, *db, "--output", str(tmp_path)], "Is a directory")
+
+
+def test_malformed_counts_in_redis_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], redis_server: RedisServer
+) -> None:
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    Database(url).upgrade()
+    client = redis.Redis.from_url(redis_server.url)
+    client.hset("pull_metrics/tag/org/app/v1", "pull_count", "many")  # not what we write
+    argv = ["--all", "--format", "csv", "--database", url, "--redis-url", redis_server.url]
+    one_line_error(capsys, [*argv, "--output", str(tmp_path / "t.csv")],
+                   "malformed statistics in Redis", "pull_metrics/tag/org/app/v1")  # fmt: skip
+    assert not (tmp_path / "t.csv").exists()
+    client.delete("pull_metrics/tag/org/app/v1")
 
 
 def test_a_failure_mid_export_leaves_the_previous_file(
