@@ -21,6 +21,7 @@ from typing import Any, cast
 
 from pullstats_middleware import cli_text
 from pullstats_middleware.cli_args import build_parser
+from pullstats_middleware.cli_export import add_export_command, run_export
 from pullstats_middleware.config import ConfigError, PullStatsConfig, RedisSettings
 from pullstats_middleware.matchers import validate_digest, validate_repository, validate_tag
 from pullstats_middleware.serving import StartupError, one_line
@@ -39,12 +40,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser(
         __version__,
-        proxy=_run_proxy,
-        demo=_run_demo,
-        stats=_run_stats,
-        db=_run_db,
-        flush=_run_flush,
-        tags=_run_tags,
+        _run_proxy,
+        _run_demo,
+        _run_stats,
+        _run_db,
+        _run_flush,
+        _run_tags,
+        lambda commands: add_export_command(commands, _run_export),
     )
     try:
         args = parser.parse_args(argv)
@@ -229,6 +231,10 @@ def _run_flush(args: argparse.Namespace) -> int:
     if args.once:
         print(f"pullstats: moved {moved} record(s) to the database")
     return 0
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    return run_export(args, _durable(args))
 
 
 # -- pullstats stale, pullstats top -----------------------------------------------------

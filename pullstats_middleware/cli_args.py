@@ -1,8 +1,6 @@
-"""The `pullstats` command line: its commands, flags and help, and nothing else.
-
-The configuration keys listed under each command's `--help` come from the
-config fields' own help text (`config.KEYS`), so a key cannot go undocumented.
-"""
+"""The `pullstats` command line: its commands, flags and help, and nothing else. The keys
+under each command's `--help` come from the config fields' own help (`config.KEYS`), so a
+key cannot go undocumented. `build_parser(..., *more)`: commands defined in other modules."""
 
 from __future__ import annotations
 
@@ -71,6 +69,7 @@ def build_parser(
     db: Command,
     flush: Command,
     tags: Command,
+    *more: Callable[[Any], None],  # each adds a command to the subparsers it is given
 ) -> argparse.ArgumentParser:
     raw = argparse.RawDescriptionHelpFormatter  # the epilogs are laid out by hand
     parser = _Parser(
@@ -258,6 +257,8 @@ def build_parser(
         _database_flag(command)
         _store_flags(command)
         command.set_defaults(run=tags, listing=name)
+    for add in more:
+        add(commands)
     return parser
 
 
