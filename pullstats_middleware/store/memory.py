@@ -51,6 +51,7 @@ class MemoryStore:
         self._days: dict[RecordKey, dict[str, int]] = {}
         self._dirty: set[RecordKey] = set()
         self._claims: dict[str, list[Delta]] = {}
+        self.pairs_made = 0  # HEAD + GET pairs made into tag pulls, as RedisStore counts
 
     def apply(self, batch: Batch, *, window: float, skew: float) -> list[str]:
         now = time.time()
@@ -102,6 +103,7 @@ class MemoryStore:
         self._resolutions.pop(key, None)
         digest = event.digest if index == "-" else index
         self._bump_tag(event.repository, found[2], 1, iso_date(event.ts), digest)
+        self.pairs_made += 1
 
     def _resolved(
         self, event: Resolution, origin: str, expiry: float, window: float, skew: float
@@ -114,6 +116,7 @@ class MemoryStore:
             if claimed is not None and pairs(event.ts, claimed[0], window, allowed):
                 del self._unclaimed[key]
                 self._bump_tag(event.repository, event.tag, 1, claimed[2], event.digest)
+                self.pairs_made += 1
                 return
         value = (event.ts, origin, event.tag, event.digest if children else "-", expiry)
         for member in (event.digest, *children):
