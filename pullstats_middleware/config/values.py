@@ -114,7 +114,7 @@ def networks(key: str, value: Any) -> tuple[IPNetwork, ...]:
 def label_values(key: str, value: Any) -> tuple[str, ...] | int:
     """Repository names (a list, or a comma-separated string), or how many label values
     at most (an integer, 0: none)."""
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().removeprefix("-").isdigit():
         value = int(value)
     if isinstance(value, int) and not isinstance(value, bool):
         return integer(key, value, minimum=0)
