@@ -34,6 +34,11 @@ def registry() -> MemoryRegistry:
     return reg
 
 
+def upstream() -> Callable[..., Any]:
+    """The registry alone, for `pullstats proxy` to stand in front of."""
+    return starlette_app(registry())
+
+
 def wsgi() -> Callable[..., Iterable[bytes]]:
     app = PullStatsMiddleware(wsgi_app(registry()), PullStatsConfig.from_env())
 
@@ -63,16 +68,19 @@ def asgi() -> Callable[..., Any]:
 
 
 class Workers(_RegistryEndpoint):
-    """`gunicorn` (server "gunicorn") or `uvicorn --workers` ("uvicorn") serving `wsgi()`
-    or `asgi()` with two worker processes; `env` configures the middleware."""
+    """`gunicorn` (server "gunicorn") serving `wsgi()`, or `uvicorn --workers` ("uvicorn")
+    serving `app` (default `asgi()`); `env` configures the middleware."""
 
     startup_timeout = 60.0
 
-    def __init__(self, server: str, env: dict[str, str], workers: int = 2) -> None:
+    def __init__(
+        self, server: str, env: dict[str, str], workers: int = 2, app: str = "asgi"
+    ) -> None:
         self.name = server
         self.server = server
         self.extra_env = env
         self.workers = workers
+        self.app = app
         super().__init__()
 
     def _command(self) -> list[str]:
@@ -85,7 +93,7 @@ class Workers(_RegistryEndpoint):
                 "tests.prometheus_apps:wsgi()",
             ]  # fmt: skip
         return [
-            sys.executable, "-m", "uvicorn", "--factory", "tests.prometheus_apps:asgi",
+            sys.executable, "-m", "uvicorn", "--factory", f"tests.prometheus_apps:{self.app}",
             "--workers", str(self.workers), "--no-proxy-headers", "--lifespan", "on",
             "--host", self.host, "--port", str(self.port), "--log-level", "warning",
         ]  # fmt: skip

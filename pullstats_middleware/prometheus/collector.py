@@ -99,7 +99,9 @@ class PullStatsCollector(Collector):
         # Weakly: a collector (kept by `of`, a registry or a thread) never keeps its
         # PullMetrics, and so its store and connections, alive.
         self._metrics = weakref.ref(metrics)
-        self._lock = threading.Lock()  # a scrape and the worker sync may copy at once
+        # Every write to the metrics below holds it: a scrape, the worker sync and the
+        # flush thread may write at once, and a fork must not copy it held (workers.py).
+        self._lock = threading.RLock()
         self._copied: dict[tuple[str, ...], float] = {}
         self._repositories = RepositoryLabels(metrics.config.prometheus_repositories)
         self._counters = {
@@ -175,7 +177,7 @@ class PullStatsCollector(Collector):
             )
             self._all.append(self.repository_pulls)
         metrics.recorder.on_applied = self._applied
-        self._worker_sync = WorkerSync(self.sync, metrics.config.flush_interval)
+        self._worker_sync = WorkerSync(self.sync, metrics.config.flush_interval, self._lock)
         self._multiprocess = multiprocess_dir() is not None
         if self._multiprocess:
             self._worker_sync.start()
@@ -229,11 +231,12 @@ class PullStatsCollector(Collector):
 
     def _applied(self, batch: Batch, seconds: float) -> None:
         """On the flush thread, after each batch the store applied."""
-        self.flush_seconds.observe(seconds)
-        if self.repository_pulls is not None:
-            self._count_repositories(self.repository_pulls, batch)
-        if self._multiprocess:  # into this process's file now, not at the next copy
-            self.sync()
+        with self._lock:
+            self.flush_seconds.observe(seconds)
+            if self.repository_pulls is not None:
+                self._count_repositories(self.repository_pulls, batch)
+            if self._multiprocess:  # into this process's file now, not at the next copy
+                self.sync()
 
     def _count_repositories(self, repository_pulls: Counter, batch: Batch) -> None:
         counts: dict[tuple[str, str], int] = {}
