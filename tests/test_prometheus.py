@@ -93,6 +93,8 @@ def test_a_scrape_shows_the_pulls_driven(driver: Driver) -> None:
     assert value(got, "pullstats_batch_retries_total") == 0
     assert "pullstats_redis_errors" in got  # no error yet: the family, no sample
     assert "process_cpu_seconds" in got  # one process: its own metrics too
+    ours = [name for name in got if name.startswith("pullstats_")]
+    assert len(ours) == 14 and not [name for name in ours if name.endswith("_created")]
 
 
 def test_the_route_is_mounted_only_when_asked(kind: str, registry: MemoryRegistry) -> None:

@@ -257,7 +257,11 @@ class PullStatsCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         self.sync()
         for metric in self._all:
-            yield from metric.collect()
+            for family in metric.collect():
+                # No `_created` series: in the text format each is a series of its own,
+                # doubling what the repository labels cost Prometheus to store.
+                family.samples = [s for s in family.samples if not s.name.endswith("_created")]
+                yield family
 
 
 _made: weakref.WeakKeyDictionary[PullMetrics, PullStatsCollector] = weakref.WeakKeyDictionary()
