@@ -271,3 +271,73 @@ def test_the_core_never_imports_prometheus_client() -> None:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "pip install 'pullstats-middleware[prometheus]'" in done.stdout
+
+
+def test_forked_workers_start_copying_with_the_lock_free() -> None:
+    """gunicorn --preload forks workers while the copying thread runs: 100 forks during
+    copies every 0.1 ms, each holding the lock for 0.5 ms; each child finds the
+    collector's lock free and its own copying thread running."""
+    script = """
+import os, sys, tempfile, threading, time, warnings
+warnings.simplefilter("ignore", DeprecationWarning)  # fork() of a process with threads
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp()
+from pullstats_middleware import PullMetrics, PullStatsConfig
+from pullstats_middleware.prometheus import PullStatsCollector
+from pullstats_middleware.store import MemoryStore
+
+copies = [0]
+sync = PullStatsCollector.sync
+def slow(self):  # holds the lock across a GIL release, as a copy slowed down would
+    copies[0] += 1
+    with self._lock:
+        time.sleep(0.0005)
+        return sync(self)
+PullStatsCollector.sync = slow
+metrics = PullMetrics(PullStatsConfig(enabled=True, flush_interval=0.0001), store=MemoryStore())
+collector = PullStatsCollector.of(metrics)
+failed = 0
+for _ in range(100):
+    pid = os.fork()
+    if pid == 0:
+        free = collector._lock.acquire(timeout=5)
+        running = any(t.name == "pullstats-prometheus" for t in threading.enumerate())
+        os._exit(0 if free and running else 1)
+    failed += os.waitpid(pid, 0)[1] != 0
+print(failed, copies[0])
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    failed, copies = map(int, done.stdout.split())
+    assert copies >= 100  # the thread copied while the forks happened
+    assert failed == 0
+
+
+def test_the_proxy_also_answers_at_the_root() -> None:
+    """`pullstats proxy` wraps its app in MetricsAtRoot: `/metrics` (same token), and
+    everything else passes through, lifespan included."""
+    from starlette.testclient import TestClient
+
+    from pullstats_middleware import PullStatsASGIMiddleware
+    from pullstats_middleware.demo_registry import starlette_app
+    from pullstats_middleware.serving import MetricsAtRoot
+
+    registry = MemoryRegistry()
+    registry.push_image("library/hello", "v1")
+    config = PullStatsConfig(enabled=True, prometheus=True, prometheus_token="t0ken")
+    metrics = PullMetrics(config, store=MemoryStore())
+    app = MetricsAtRoot(PullStatsASGIMiddleware(starlette_app(registry), metrics=metrics))
+    token = {"Authorization": "Bearer t0ken"}
+    with TestClient(app) as client:
+        assert client.get("/v2/library/hello/manifests/v1").status_code == 200
+        assert client.get("/metrics").status_code == 401
+        scraped = client.get("/metrics", headers=token)
+        assert scraped.status_code == 200
+        assert value(families(scraped.text), "pullstats_pulls_excluded_total") == 0
+        head = client.head("/metrics", headers=token)
+        assert (head.status_code, head.content) == (200, b"")
+        post = client.post("/metrics", headers=token)
+        assert (post.status_code, post.headers["allow"]) == (405, "GET, HEAD")
+    # the lifespan's shutdown flushed the pull
+    assert metrics.get_tag_statistics("library/hello", "v1")["tag_pull_count"] == 1
+    with pytest.raises(ValueError, match="wraps the statistics middleware"):
+        MetricsAtRoot(starlette_app(registry))
