@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pullstats_middleware.config import PullStatsConfig
+from pullstats_middleware.config import ConfigError, PullStatsConfig
 from pullstats_middleware.exchange import ManifestExchange
 from pullstats_middleware.identity import Client
 from pullstats_middleware.matchers import ManifestRequest, OCIMatcher
@@ -55,6 +55,8 @@ class Adapter:
             )
             return
         self.metrics = metrics = metrics or PullMetrics(config)
+        if config.prometheus:
+            routes = (*routes, _prometheus_route(metrics))
         self.router = Router(routes, config, metrics)
         if config.auth == "none":
             log.warning(
@@ -95,3 +97,16 @@ class Adapter:
             self.config.max_manifest_bytes,
             self.config.exclude,
         )
+
+
+def _prometheus_route(metrics: PullMetrics) -> Route:
+    """PULL_METRICS_PROMETHEUS: the metrics route; the collector counts from now on."""
+    try:
+        from pullstats_middleware.prometheus import PullStatsCollector, metrics_route
+    except ImportError as exc:
+        raise ConfigError(
+            f"PULL_METRICS_PROMETHEUS needs prometheus-client ({exc}): "
+            "pip install 'pullstats-middleware[prometheus]'"
+        ) from None
+    PullStatsCollector.of(metrics)
+    return metrics_route()

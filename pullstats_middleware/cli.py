@@ -107,6 +107,8 @@ def _run_proxy(args: argparse.Namespace) -> int:
     app = build_proxy(
         upstream, config, connect_timeout=args.connect_timeout, read_timeout=args.read_timeout
     )
+    if config.enabled and config.prometheus:
+        app = serving.MetricsAtRoot(app)
     store = "off" if not config.enabled else (config.redis.describe() if config.redis else "memory")
     host, port = sock.getsockname()[:2]
     where = f"{'https' if tls else 'http'}://{f'[{host}]' if ':' in host else host}:{port}"

@@ -196,10 +196,13 @@ class PullMetrics:
             return Merged(*self.store.read_manifest(key.repository, key.name), None)
         return self._read_many([key])[key]
 
-    def health(self) -> dict[str, int]:
+    def health(self) -> dict[str, float]:
         """Counters to export to monitoring: pulls dropped at the buffer cap, HEAD/GET
         pairing events dropped there (not pulls), keys the store refused (foreign
-        data), keys buffered, batches waiting for the store."""
+        data), keys buffered, batches waiting for the store; pulls written to the
+        store by kind, HEAD/GET pairs it made into tag pulls, batches applied, failed
+        attempts (retried), and seconds since the store last had everything (0 while
+        nothing waits). No I/O: cheap enough for every scrape."""
         recorder = self.recorder
         return {
             "dropped_pulls": recorder.dropped,
@@ -208,6 +211,12 @@ class PullMetrics:
             "skipped_keys": recorder.skipped_keys,
             "buffered_keys": len(recorder),
             "pending_batches": recorder.pending_batches,
+            "tag_pulls_written": recorder.pulls_written["tag"],
+            "manifest_pulls_written": recorder.pulls_written["manifest"],
+            "attribution_pairs": getattr(self.store, "pairs_made", 0),
+            "batches_applied": recorder.batches_applied,
+            "batch_retries": recorder.batch_retries,
+            "seconds_since_flush": recorder.seconds_since_flush(),
         }
 
     # -- lifecycle -----------------------------------------------------------

@@ -10,9 +10,11 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import traceback
 import weakref
 from collections import deque
+from collections.abc import Callable
 
 from pullstats_middleware.buffer import PullBuffer
 from pullstats_middleware.store.base import Batch, Store, cut_batches
@@ -41,6 +43,13 @@ class Recorder(PullBuffer):
         self.window = window
         self.clock_skew = clock_skew
         self.skipped_keys = 0  # keys the store refused (foreign data in them)
+        # Counted on the flush thread only, for monitoring (health(), Prometheus):
+        self.batches_applied = 0
+        self.batch_retries = 0  # failed attempts to apply a batch; each is tried again
+        self.store_errors: dict[str, int] = {}  # those failures by exception class
+        self.pulls_written = {"tag": 0, "manifest": 0}  # pulls in the batches applied
+        # Called on the flush thread after each applied batch, with the seconds it took.
+        self.on_applied: Callable[[Batch, float], None] | None = None
         self._reset()
         _live.add(self)
 
@@ -55,10 +64,12 @@ class Recorder(PullBuffer):
         self._cycles_done = 0
         self._closing = False
         self._thread: threading.Thread | None = None
+        self.last_flush = time.time()  # when a cycle last left nothing waiting
 
     def _start(self) -> None:
         with self._done:
             if self._thread is None and not self._closing:
+                self.last_flush = time.time()  # idle until now: nothing was waiting
                 self._thread = threading.Thread(
                     target=self._run, name="pullstats-recorder", daemon=True
                 )
@@ -75,6 +86,7 @@ class Recorder(PullBuffer):
                 cycle = self._cycles_started
                 closing = self._closing
             if self._cycle():
+                self.last_flush = time.time()
                 with self._done:
                     self._cycles_done = cycle
                     self._done.notify_all()
@@ -102,13 +114,17 @@ class Recorder(PullBuffer):
         delay = _BACKOFF_FIRST
         while self._pending:
             batch = self._pending[0]
+            started = time.perf_counter()
             try:
                 skipped = self.store.apply(batch, window=self.window, skew=self.clock_skew)
             except Exception as exc:  # any store failure: keep the batch, retry
+                kind = type(exc).__name__
+                self.batch_retries += 1
+                self.store_errors[kind] = self.store_errors.get(kind, 0) + 1
                 self._warn(
                     "store",
                     "pull statistics store unavailable (%s: %s); keeping %d batch(es) and retrying",
-                    type(exc).__name__,
+                    kind,
                     exc,
                     len(self._pending),
                 )
@@ -119,9 +135,11 @@ class Recorder(PullBuffer):
                     return False
                 delay = min(delay * 2, _BACKOFF_MAX)
                 continue
+            elapsed = time.perf_counter() - started
             self._pending.popleft()
             with self._lock:
                 self._pending_keys -= len(batch)
+            self._count_applied(batch, elapsed)
             if skipped:
                 self.skipped_keys += len(skipped)
                 log.error(
@@ -131,6 +149,22 @@ class Recorder(PullBuffer):
                     ", ".join(skipped[:5]),
                 )
         return True
+
+    def _count_applied(self, batch: Batch, elapsed: float) -> None:
+        self.batches_applied += 1
+        self.pulls_written["tag"] += sum(delta.pulls for delta in batch.tags)
+        self.pulls_written["manifest"] += sum(delta.pulls for delta in batch.manifests)
+        if self.on_applied is not None:
+            try:
+                self.on_applied(batch, elapsed)
+            except Exception:  # monitoring never stops the recorder
+                log.exception("pull statistics: the on_applied callback failed")
+
+    def seconds_since_flush(self) -> float:
+        """0 while nothing waits; else how long ago the store last had everything."""
+        if not len(self) and not self._pending:
+            return 0.0
+        return max(0.0, time.time() - self.last_flush)
 
     # -- control ----------------------------------------------------------
 

@@ -185,6 +185,12 @@ def test_full_buffer_drops_new_keys_and_counts_them(server: RedisServer) -> None
         "skipped_keys": 0,
         "buffered_keys": 0,
         "pending_batches": 0,
+        "tag_pulls_written": 0,
+        "manifest_pulls_written": 109,  # 99 keys once, one key 10 times
+        "attribution_pairs": 0,
+        "batches_applied": 1,
+        "batch_retries": 0,
+        "seconds_since_flush": 0.0,
     }
     metrics.close()
 

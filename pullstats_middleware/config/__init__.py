@@ -9,9 +9,8 @@ from pullstats_middleware.config.settings import (
     PullStatsConfig,
     env_values,
     key_of,
-    read_file,
 )
-from pullstats_middleware.config.values import ConfigError, IPNetwork
+from pullstats_middleware.config.values import ConfigError, IPNetwork, read_file
 
 __all__ = [
     "KEYS",

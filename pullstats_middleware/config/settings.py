@@ -23,7 +23,9 @@ from pullstats_middleware.config.values import (
     boolean,
     database_url,
     integer,
+    label_values,
     networks,
+    read_file,
     seconds,
 )
 from pullstats_middleware.matchers import StatsRequest
@@ -150,6 +152,31 @@ class PullStatsConfig:
             "a separate `pullstats flush` process does it",
         ),
     )
+    prometheus: bool = field(
+        default=False,
+        metadata=_key(
+            "PULL_METRICS_PROMETHEUS",
+            "serve the recorder's Prometheus metrics at /api/v1/pull_statistics/metrics "
+            "(pullstats proxy: also at /metrics); needs the [prometheus] extra",
+        ),
+    )
+    prometheus_token: str | None = field(
+        default=None,
+        metadata=_key(
+            "PULL_METRICS_PROMETHEUS_TOKEN",
+            "when set, a scrape must send Authorization: Bearer TOKEN; unset, the metrics "
+            "are served to anyone, as /metrics usually is",
+        ),
+    )
+    prometheus_repositories: tuple[str, ...] | int = field(
+        default=0,
+        metadata=_key(
+            "PULL_METRICS_PROMETHEUS_REPOSITORIES",
+            "per-repository pull counters, bounded: a list of repository names, or the most "
+            'label values (the first repositories pulled); the rest count as repository="other"'
+            "; 0: none",
+        ),
+    )
     exclude: tuple[ExcludeRule, ...] = field(
         default=(),
         metadata=_key(
@@ -192,6 +219,12 @@ class PullStatsConfig:
         set_(self, "auth", auth_mode(key_of("auth"), self.auth))
         set_(self, "trusted_proxies", networks(key_of("trusted_proxies"), self.trusted_proxies))
         set_(self, "exclude", exclude_rules(key_of("exclude"), self.exclude))
+        set_(self, "prometheus", boolean(key_of("prometheus"), self.prometheus))
+        token = self.prometheus_token
+        if token is not None and (not isinstance(token, str) or not token.strip()):
+            raise ConfigError(f"{key_of('prometheus_token')} must be a non-empty string")
+        key = key_of("prometheus_repositories")
+        set_(self, "prometheus_repositories", label_values(key, self.prometheus_repositories))
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any], **overrides: Any) -> PullStatsConfig:
@@ -262,29 +295,3 @@ def env_values(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The configuration keys set (non-empty) in `environ` (default: the process's)."""
     env = os.environ if environ is None else environ
     return {key: env[key] for key in KEYS if env.get(key, "") != ""}
-
-
-def read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The mapping a YAML file holds; every way it can be unreadable is a ConfigError."""
-    try:
-        import yaml
-    except ImportError:
-        raise ConfigError(
-            "reading a config file needs PyYAML: pip install 'pullstats-middleware[proxy]'"
-        ) from None
-    try:
-        with open(path, encoding="utf-8") as stream:
-            data = yaml.safe_load(stream)
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
-        ) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of config keys, not {type(data).__name__}")
-    return data

@@ -1,11 +1,15 @@
-"""Parsers of single configuration values: each returns the typed value or raises
-`ConfigError` naming the key, so every bad value is caught at start-up."""
+"""Parsers of single configuration values, and of the YAML file that holds them: each
+returns the typed value or raises `ConfigError` naming the key (or the file), so
+every bad value is caught at start-up."""
 
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Callable
 from typing import Any
+
+from pullstats_middleware.matchers import validate_repository
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -105,3 +109,49 @@ def networks(key: str, value: Any) -> tuple[IPNetwork, ...]:
         raise ConfigError(
             f"{key} must be a list of IP addresses or networks, got {value!r} ({exc})"
         ) from None
+
+
+def label_values(key: str, value: Any) -> tuple[str, ...] | int:
+    """Repository names (a list, or a comma-separated string), or how many label values
+    at most (an integer, 0: none)."""
+    if isinstance(value, str) and value.strip().removeprefix("-").isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return integer(key, value, minimum=0)
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
+        raise ConfigError(
+            f"{key} must be a list of repository names or a number of them, got {value!r}"
+        )
+    names = tuple(dict.fromkeys(item.strip() for item in items if item.strip()))
+    for name in names:
+        problem = validate_repository(name)
+        if problem:
+            raise ConfigError(f"{key}: {problem}")
+    return names
+
+
+def read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The mapping a YAML file holds; every way it can be unreadable is a ConfigError."""
+    try:
+        import yaml
+    except ImportError:
+        raise ConfigError(
+            "reading a config file needs PyYAML: pip install 'pullstats-middleware[proxy]'"
+        ) from None
+    try:
+        with open(path, encoding="utf-8") as stream:
+            data = yaml.safe_load(stream)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
+        ) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys, not {type(data).__name__}")
+    return data

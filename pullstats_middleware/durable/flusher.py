@@ -94,10 +94,15 @@ class FlusherThread:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pullstats-flusher", daemon=True)
         self.last_success: float | None = None  # time.time() of the last complete cycle
+        self._started = time.time()
 
     def start(self) -> FlusherThread:
         self._thread.start()
         return self
+
+    def lag(self) -> float:
+        """Seconds since the last complete cycle (since the start, before the first)."""
+        return max(0.0, time.time() - (self.last_success or self._started))
 
     def _run(self) -> None:
         delay = self.interval

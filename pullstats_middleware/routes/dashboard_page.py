@@ -59,7 +59,7 @@ class Dashboard:
     reference_history: Series | None
     top: Sequence[Mapping[str, Any]]  # listing rows, most pulled first
     stale: Sequence[Mapping[str, Any]]  # listing rows, least recently pulled first
-    health: Mapping[str, int]
+    health: Mapping[str, float]
     flush: str  # the seconds since the last successful flush, or why there is none
     generated: str
 

@@ -23,6 +23,8 @@
 --                       set the flush worker claims from
 -- ARGV[12]              np, the number of pushes
 --
+-- Reply: {0} for a batch applied before; else {1, HEAD/GET pairs made, skipped keys...}.
+--
 -- A resolution holds "ts origin tag index", an unclaimed GET "ts origin date".
 -- `index` is the digest a HEAD resolved to when it is an image index whose
 -- children are known ('-' otherwise): the HEAD then waits under the index and
@@ -42,6 +44,7 @@ local prefix, origin, ni, index_ttl = ARGV[7], ARGV[8], tonumber(ARGV[9]), ARGV[
 local durable = ARGV[11] == '1'
 local np = tonumber(ARGV[12])
 local skipped = {}
+local pairs_made = 0  -- HEAD + GET pairs made into tag pulls, for monitoring
 
 -- Returns the current count, or nil (and records the key) when the key holds
 -- something other than our hash.
@@ -166,6 +169,7 @@ for _ = 1, ne do
       end
       redis.call('DEL', rkey)
       bump(prefix .. '/tag/' .. repo .. '/' .. head_tag, 1, date, index, puller)
+      pairs_made = pairs_made + 1
     else
       redis.call('SET', ukey, ARGV[a + 1] .. ' ' .. origin .. ' ' .. date, 'EX', ttl, 'NX')
     end
@@ -181,6 +185,7 @@ for _ = 1, ne do
         redis.call('DEL', waiting)
         bump(prefix .. '/tag/' .. repo .. '/' .. tag, 1, get_date, digest, puller)
         paired = true
+        pairs_made = pairs_made + 1
         break
       end
     end
@@ -197,4 +202,4 @@ for _ = 1, ne do
   k, a = k + 3, a + 8
 end
 
-return {1, unpack(skipped)}
+return {1, pairs_made, unpack(skipped)}

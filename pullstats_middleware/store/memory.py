@@ -54,6 +54,7 @@ class MemoryStore:
         self._pullers: dict[RecordKey, dict[str, set[str]]] = {}  # day -> puller hashes
         self._dirty: set[RecordKey] = set()
         self._claims: dict[str, list[Delta]] = {}
+        self.pairs_made = 0  # HEAD + GET pairs made into tag pulls, as RedisStore counts
 
     def apply(self, batch: Batch, *, window: float, skew: float) -> list[str]:
         now = time.time()
@@ -107,6 +108,7 @@ class MemoryStore:
         digest = event.digest if index == "-" else index
         date = iso_date(event.ts)
         self._bump_tag(event.repository, found[2], 1, date, digest, (event.client,))
+        self.pairs_made += 1
 
     def _resolved(
         self, event: Resolution, origin: str, expiry: float, window: float, skew: float
@@ -120,6 +122,7 @@ class MemoryStore:
                 del self._unclaimed[key]
                 tag, date = event.tag, claimed[2]
                 self._bump_tag(event.repository, tag, 1, date, event.digest, (event.client,))
+                self.pairs_made += 1
                 return
         value = (event.ts, origin, event.tag, event.digest if children else "-", expiry)
         for member in (event.digest, *children):

@@ -57,6 +57,7 @@ class RedisStore:
         self._batch_ttl = batch_ttl
         # With a database: count per day too, and mark what the flush worker must claim.
         self.durable = durable
+        self.pairs_made = 0  # HEAD + GET pairs the batch script made into tag pulls
         # register_script runs EVALSHA and reloads on NOSCRIPT (a restarted Redis).
         self._apply = client.register_script(_SCRIPT)
         self._claim = client.register_script(_script("claim.lua"))
@@ -112,7 +113,10 @@ class RedisStore:
         reply = self._apply(keys=keys, args=args)
         if not isinstance(reply, list) or not reply:
             raise StoreDataError(f"unexpected reply from the batch script: {reply!r}")
-        return [_text(k) for k in reply[1:]]
+        if len(reply) < 2:  # applied before: a re-send
+            return []
+        self.pairs_made += int(reply[1])
+        return [_text(k) for k in reply[2:]]
 
     def _pullers(self, clients: tuple[str, ...]) -> str:
         """Who pulled, hashed, space-separated: with a database, the script counts
