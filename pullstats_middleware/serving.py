@@ -43,20 +43,29 @@ def ping_redis(settings: RedisSettings) -> None:
 
 def reach_upstream(upstream: str, timeout: float) -> None:
     """One request to the upstream's `/v2/`: any HTTP answer (401 too) means it is there."""
+    import http.client
     import ssl
+    from urllib.parse import urlsplit
 
-    import httpx2
-
-    try:
-        httpx2.get(
-            upstream + "/v2/", timeout=timeout, trust_env=False, verify=ssl.create_default_context()
+    # http.client: no redirects followed, no HTTP(S)_PROXY detour, the system trust store.
+    parts = urlsplit(upstream)
+    conn = (
+        http.client.HTTPSConnection(
+            parts.netloc, timeout=timeout, context=ssl.create_default_context()
         )
-    except httpx2.HTTPError as exc:
-        why = one_line(exc) or type(exc).__name__
+        if parts.scheme == "https"
+        else http.client.HTTPConnection(parts.netloc, timeout=timeout)
+    )
+    try:
+        conn.request("GET", "/v2/")
+        conn.getresponse().close()
+    except (OSError, http.client.HTTPException) as exc:
         raise StartupError(
-            f"cannot reach the upstream registry at {upstream}: {why} "
+            f"cannot reach the upstream registry at {upstream}: {one_line(exc)} "
             "(--no-upstream-check starts anyway)"
         ) from None
+    finally:
+        conn.close()
 
 
 def describe_database(url: str) -> str:
@@ -176,15 +185,6 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def setup_logging(level: str) -> None:
-    from uvicorn.logging import DefaultFormatter
-
-    handler = logging.StreamHandler()
-    handler.setFormatter(DefaultFormatter("%(levelprefix)s %(message)s"))  # as uvicorn's lines
-    logging.basicConfig(level=level.upper(), handlers=[handler])
-    logging.getLogger("httpx2").setLevel(logging.WARNING)  # uvicorn's access log says it all
-
-
 def tls_files(cert: str | None, key: str | None) -> tuple[str, str] | None:
     """The certificate and key to serve HTTPS with, both readable PEM; None: plain HTTP."""
     if cert is None and key is None:
@@ -199,46 +199,3 @@ def tls_files(cert: str | None, key: str | None) -> tuple[str, str] | None:
         why = one_line(exc)
         raise StartupError(f"cannot use TLS certificate {cert} with key {key}: {why}") from None
     return cert, key
-
-
-class _QuietProbes(logging.Filter):
-    """Clients that try HTTPS first on a plain-HTTP registry make uvicorn warn once per
-    command; not the operator's problem: shown at debug level only."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.getMessage() == "Invalid HTTP request received.":
-            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
-        return True
-
-
-def serve(
-    app: ASGIApp,
-    sock: socket.socket,
-    host: str,
-    log_level: str,
-    *,
-    proxy: bool,
-    tls: tuple[str, str] | None = None,
-) -> None:
-    import uvicorn
-
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=sock.getsockname()[1],
-        lifespan="on",
-        log_level=log_level,
-        # The client address is the peer's: X-Forwarded-For is believed only from
-        # PULL_METRICS_TRUSTED_PROXIES, by the middleware (uvicorn's default would let
-        # a client choose its identity). The proxy appends the peer to the header.
-        # The upstream's Date and Server pass through the proxy.
-        proxy_headers=False,
-        server_header=not proxy,
-        date_header=not proxy,
-        ws="none",
-        ssl_certfile=tls[0] if tls else None,
-        ssl_keyfile=tls[1] if tls else None,
-    )
-    logging.getLogger("uvicorn.error").addFilter(_QuietProbes())  # after uvicorn's dictConfig
-    uvicorn.Server(config).run(sockets=[sock])

@@ -4,6 +4,7 @@ a Location naming the upstream (RFC 9110 §7.6)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
@@ -77,7 +78,7 @@ def request_headers(scope: Scope, upstream_host: bytes) -> tuple[Headers, bool]:
     return out, has_body
 
 
-def response_headers(raw: Headers, scope: Scope, upstream: Origin) -> Headers:
+def response_headers(raw: Sequence[tuple[bytes, bytes]], scope: Scope, upstream: Origin) -> Headers:
     drop = HOP_BY_HOP | _connection_tokens(raw)
     out: Headers = []
     for name, value in raw:
@@ -108,7 +109,7 @@ def _rewrite_location(value: bytes, scope: Scope, upstream: Origin) -> bytes:
     return urlunsplit((scheme, host, parts.path, parts.query, parts.fragment)).encode("latin-1")
 
 
-def _connection_tokens(headers: Headers) -> frozenset[bytes]:
+def _connection_tokens(headers: Sequence[tuple[bytes, bytes]]) -> frozenset[bytes]:
     """Headers named in `Connection` are hop-by-hop too (RFC 9110 §7.6.1)."""
     return frozenset(
         token.strip().lower()
