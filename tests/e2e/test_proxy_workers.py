@@ -6,6 +6,7 @@ a minute, so nothing reaches Redis while the test runs: every count that lands
 was written by a worker's shutdown flush after the master's SIGTERM. Clients
 keep pulling while the master is told to stop; afterwards Redis must hold
 exactly the pulls the clients saw answered (none lost, none doubled).
+And the access log: off unless `--access-log` asks for it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -176,3 +179,37 @@ def test_several_workers_need_redis(
         "pullstats: error: --workers 2 needs Redis (--redis-url or PULL_METRICS_REDIS): "
         "the memory store is per process, each worker would count apart"
     ]
+
+
+def test_access_log_is_off_unless_asked(registry: DockerRegistry, tmp_path: Path) -> None:
+    push(registry.url)
+    logs = {}
+    for flags in ([], ["--access-log"]):
+        proxy = PullstatsProxy(registry.url, "redis://unused")
+        command = [sys.executable, "-m", "pullstats_middleware.cli", "proxy"]
+        command += ["--upstream", registry.url, "--port", str(proxy.port), *flags]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PULL_METRICS_")}
+        out = tmp_path / f"log{len(flags)}"
+        with open(out, "wb") as sink:
+            process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
+        try:
+            with httpx2.Client(trust_env=False, timeout=5) as client:
+                deadline = time.monotonic() + 30
+                while True:
+                    try:
+                        answer = client.get(
+                            f"{proxy.url}/v2/{REPO}/manifests/a", headers={"accept": MANIFEST}
+                        )
+                        break
+                    except httpx2.TransportError:
+                        assert time.monotonic() < deadline and process.poll() is None
+                        time.sleep(0.05)
+                assert answer.status_code == 200, answer.text
+        finally:
+            process.terminate()
+            process.wait(30)
+            proxy.close()
+        logs[bool(flags)] = out.read_text()
+    line = f'"GET /v2/{REPO}/manifests/a HTTP/1.1" 200'
+    assert line in logs[True]
+    assert line not in logs[False] and "Application startup complete." in logs[False]
