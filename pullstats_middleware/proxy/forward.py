@@ -136,7 +136,13 @@ class RegistryProxy:
             response = await self.session.request(
                 scope["method"],
                 url,
-                headers=[(_text(name), _text(value)) for name, value in headers],
+                headers=[
+                    (
+                        name.decode("latin-1"),
+                        value.decode("latin-1") if value.isascii() else _text(value),
+                    )
+                    for name, value in headers
+                ],
                 data=body if has_body else None,
                 allow_redirects=False,
             )
