@@ -107,6 +107,9 @@ def serve(
         server_header=not proxy,
         date_header=not proxy,
         ws="none",
+        # A worker spawned on a busy machine may need more than uvicorn's 5 s to import
+        # and start; on SIGHUP, a replacement not ready in time aborts the reload.
+        timeout_worker_healthcheck=30,
         ssl_certfile=tls[0] if tls else None,
         ssl_keyfile=tls[1] if tls else None,
     )

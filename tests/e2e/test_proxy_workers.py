@@ -4,8 +4,9 @@ Real processes over real HTTP: a redis-server, a docker-registry, and the
 proxy command with three workers in front of it. The proxy's flush interval is
 a minute, so nothing reaches Redis while the test runs: every count that lands
 was written by a worker's shutdown flush after the master's SIGTERM. Clients
-keep pulling while the master is told to stop; afterwards Redis must hold
-exactly the pulls the clients saw answered (none lost, none doubled).
+keep pulling while the master is told to stop (or, with SIGHUP, to replace its
+workers one by one); afterwards Redis must hold exactly the pulls the clients
+saw answered (none lost, none doubled).
 And the access log: off unless `--access-log` asks for it.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -109,60 +111,113 @@ def totals(redis_url: str, prefix: str) -> int:
         metrics.close()
 
 
+class Pullers:
+    """CLIENTS threads, each pulling over its own keep-alive connection until stopped;
+    a request without an answer (the workers going or coming) is retried, uncounted."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.answered = [0] * CLIENTS
+        self.failed = [0] * CLIENTS
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._pull, args=(n,)) for n in range(CLIENTS)]
+
+    def _pull(self, n: int) -> None:
+        headers = {"accept": MANIFEST}
+        with httpx2.Client(base_url=self.base, trust_env=False, timeout=10) as client:
+            i = 0
+            while not self.stop.is_set():
+                try:
+                    r = client.get(f"/v2/{REPO}/manifests/{TAGS[i % 3]}", headers=headers)
+                except httpx2.TransportError:
+                    self.failed[n] += 1
+                    time.sleep(0.01)
+                    continue
+                assert r.status_code == 200, r.text
+                self.answered[n] += 1
+                i += 1
+
+    def __enter__(self) -> Pullers:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(30)
+
+    def wait_for(self, answered: int, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while sum(self.answered) < answered:
+            assert time.monotonic() < deadline, f"only {sum(self.answered)} pulls answered"
+            time.sleep(0.02)
+
+
+def wait_for_log(proxy: PullstatsProxy, line: str, times: int, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while proxy.logs().count(line) < times:
+        assert time.monotonic() < deadline, proxy.logs()[-4000:]
+        time.sleep(0.05)
+
+
 def test_workers_count_exactly_and_flush_when_the_master_is_terminated(
     proxy: PullstatsProxy, redis: RedisServer
 ) -> None:
     prefix = proxy.extra_env["PULL_METRICS_KEY_PREFIX"]
-    assert proxy.pid is not None
-    answered = [0] * CLIENTS
-    failed = [0] * CLIENTS
-    stop = threading.Event()
-
-    def pull(n: int) -> None:
-        headers = {"accept": MANIFEST}
-        with httpx2.Client(base_url=proxy.url, trust_env=False, timeout=10) as client:
-            i = 0
-            while not stop.is_set():
-                try:
-                    r = client.get(f"/v2/{REPO}/manifests/{TAGS[i % 3]}", headers=headers)
-                except httpx2.TransportError:
-                    failed[n] += 1  # the workers are going: no answer, so no count
-                    time.sleep(0.01)
-                    continue
-                assert r.status_code == 200, r.text
-                answered[n] += 1
-                i += 1
-
-    threads = [threading.Thread(target=pull, args=(n,)) for n in range(CLIENTS)]
-    for thread in threads:
-        thread.start()
-    try:
-        while sum(answered) < 600:
-            time.sleep(0.02)
+    assert proxy.pid is not None and proxy.process is not None
+    with Pullers(proxy.url) as pullers:
+        pullers.wait_for(600)
         workers = descendants(proxy.pid)
         serving = serving_pids(workers, proxy.port)
         before = totals(redis.url, prefix)
         proxy.process.terminate()  # SIGTERM to the master only, mid-run
         proxy.process.wait(60)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(30)
     assert len(serving) >= 2, f"one worker took every connection: {serving} of {workers}"
     assert before == 0  # nothing flushed yet: what lands below is the shutdown flushes'
     assert proxy.process.returncode == 0
-    assert sum(failed) > 0  # the clients were still pulling when the workers stopped
-    counted = totals(redis.url, prefix)
+    assert sum(pullers.failed) > 0  # the clients were still pulling when the workers stopped
+    answered, counted = sum(pullers.answered), totals(redis.url, prefix)
     print(
-        f"\n3 workers ({len(serving)} held client connections): {sum(answered)} pulls answered, "
-        f"{counted} counted, {sum(failed)} requests unanswered during the shutdown"
+        f"\n3 workers ({len(serving)} held client connections), SIGTERM: {answered} pulls "
+        f"answered, {counted} counted, {sum(pullers.failed)} requests unanswered meanwhile"
     )
-    assert counted == sum(answered)
+    assert counted == answered
     assert not any(Path(f"/proc/{pid}").exists() for pid in serving)
     log = proxy.logs()
     assert log.count("Application shutdown complete.") == 3
     assert "Traceback" not in log, log[-4000:]
     assert f'"GET /v2/{REPO}/manifests/a HTTP/1.1" 200' in log  # --access-log
+
+
+def test_sighup_replaces_the_workers_and_loses_nothing(
+    proxy: PullstatsProxy, redis: RedisServer
+) -> None:
+    prefix = proxy.extra_env["PULL_METRICS_KEY_PREFIX"]
+    assert proxy.pid is not None and proxy.process is not None
+    wait_for_log(proxy, "Application startup complete.", 3)
+    with Pullers(proxy.url) as pullers:
+        pullers.wait_for(300)
+        old = serving_pids(descendants(proxy.pid), proxy.port)
+        os.kill(proxy.pid, signal.SIGHUP)
+        wait_for_log(proxy, "Application startup complete.", 6)  # three new workers
+        wait_for_log(proxy, "Application shutdown complete.", 3)  # the old ones gone
+        flushed_by_the_old = totals(redis.url, prefix)
+        reloaded = sum(pullers.answered)
+        pullers.wait_for(reloaded + 300)  # the new workers serve
+        new = serving_pids(descendants(proxy.pid), proxy.port)
+        proxy.process.terminate()
+        proxy.process.wait(60)
+    answered, counted = sum(pullers.answered), totals(redis.url, prefix)
+    print(
+        f"\n3 workers, SIGHUP then SIGTERM: {answered} pulls answered, {counted} counted "
+        f"({flushed_by_the_old} flushed by the replaced workers), "
+        f"{sum(pullers.failed)} requests unanswered meanwhile"
+    )
+    assert old and new and not old & new  # other processes serve after the reload
+    assert flushed_by_the_old > 0  # the replaced workers flushed on their way out
+    assert counted == answered
+    assert "Traceback" not in proxy.logs(), proxy.logs()[-4000:]
 
 
 def test_several_workers_need_redis(
