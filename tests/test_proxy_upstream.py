@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -125,3 +126,27 @@ def test_https_upstream_trusted_through_ssl_cert_file(
             response = client.get(f"{trusting.url}/v2/")
             assert response.status_code == 200
             assert response.content == f"over TLS 127.0.0.1:{upstream.port}".encode()
+
+
+def test_an_upload_slower_than_the_read_timeout_passes(client: httpx2.Client) -> None:
+    """The read timeout is the upstream's silence after the request; an upload is paced
+    by its client, however long it takes."""
+    received: list[int] = []
+
+    async def take(request: Request) -> Response:
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+        received.append(size)
+        return Response(b"%d" % size, status_code=201)
+
+    def slowly() -> Iterator[bytes]:
+        for _ in range(8):
+            time.sleep(0.1)  # 0.8 s in all, four times the read timeout
+            yield b"y" * 65536
+
+    app = Starlette(routes=[Route("/v2/r/blobs/uploads/u", take, methods=["PUT"])])
+    with Served(app) as upstream, Served(proxy_app(upstream.url, read_timeout=0.2)) as proxy:
+        response = client.put(f"{proxy.url}/v2/r/blobs/uploads/u", content=slowly())
+    assert response.status_code == 201, response.text
+    assert received == [8 * 65536]
