@@ -83,8 +83,8 @@ def load_config(
 
 
 def _run_proxy(args: argparse.Namespace) -> int:
-    from pullstats_middleware import serving
-    from pullstats_middleware.proxy import build_proxy, check_upstream
+    from pullstats_middleware import server, serving
+    from pullstats_middleware.proxy import check_upstream
 
     try:
         upstream = check_upstream(args.upstream)
@@ -92,6 +92,11 @@ def _run_proxy(args: argparse.Namespace) -> int:
         raise StartupError(str(exc)) from None
     tls = serving.tls_files(args.tls_cert, args.tls_key)
     config = load_config(args.config, redis_url=args.redis_url)
+    if args.workers > 1 and config.enabled and config.redis is None:
+        raise StartupError(
+            f"--workers {args.workers} needs Redis (--redis-url or PULL_METRICS_REDIS): "
+            "the memory store is per process, each worker would count apart"
+        )
     if config.enabled and config.redis is not None:
         serving.ping_redis(config.redis)
     if config.enabled and config.database is not None:
@@ -103,19 +108,24 @@ def _run_proxy(args: argparse.Namespace) -> int:
     except StartupError:
         sock.close()
         raise
-    serving.setup_logging(args.log_level)
-    app = build_proxy(
-        upstream, config, connect_timeout=args.connect_timeout, read_timeout=args.read_timeout
-    )
-    if config.enabled and config.prometheus:
-        app = serving.MetricsAtRoot(app)
+    server.setup_logging(args.log_level)
+    recipe = server.ProxyRecipe(upstream, config, args.connect_timeout, args.read_timeout)
     store = "off" if not config.enabled else (config.redis.describe() if config.redis else "memory")
     host, port = sock.getsockname()[:2]
     where = f"{'https' if tls else 'http'}://{f'[{host}]' if ':' in host else host}:{port}"
     log.info(
-        "pullstats proxy: listening on %s, upstream %s, pull statistics: %s", where, upstream, store
+        "pullstats proxy: listening on %s, upstream %s, pull statistics: %s, %d worker%s",
+        where, upstream, store, args.workers, "s" if args.workers > 1 else "",
+    )  # fmt: skip
+    server.serve(
+        recipe,
+        sock,
+        args.log_level,
+        proxy=True,
+        tls=tls,
+        workers=args.workers,
+        access_log=args.access_log,
     )
-    serving.serve(app, sock, args.host, args.log_level, proxy=True, tls=tls)
     return 0
 
 
@@ -123,7 +133,7 @@ def _run_proxy(args: argparse.Namespace) -> int:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from pullstats_middleware import serving
+    from pullstats_middleware import server, serving
 
     database = args.database
     if database is None and _have_sqlalchemy():  # the embedded default: an SQLite file
@@ -136,8 +146,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     base = f"http://{f'[{host}]' if ':' in host else host}:{sock.getsockname()[1]}"
     where = serving.describe_database(database) if database else None
     print(cli_text.demo_text(base, args.flush_interval, *images, database=where), flush=True)
-    serving.setup_logging(args.log_level)
-    serving.serve(app, sock, args.host, args.log_level, proxy=False)
+    server.setup_logging(args.log_level)
+    server.serve(app, sock, args.log_level, proxy=False, access_log=True)
     return 0
 
 
@@ -219,7 +229,7 @@ def _run_db(args: argparse.Namespace) -> int:
 
 
 def _run_flush(args: argparse.Namespace) -> int:
-    from pullstats_middleware import serving
+    from pullstats_middleware import server, serving
 
     config = _durable(args)
     if config.redis is None:
@@ -227,7 +237,7 @@ def _run_flush(args: argparse.Namespace) -> int:
             "no Redis configured (--redis-url, PULL_METRICS_REDIS or USER_EVENTS_REDIS): a "
             "flush worker of its own moves counts out of Redis"
         )
-    serving.setup_logging("info")
+    server.setup_logging("info")
     interval = args.interval or config.database_flush_interval
     moved = serving.run_flusher(config, once=args.once, interval=interval)
     if args.once:

@@ -1,6 +1,5 @@
-"""The `pullstats` command line: its commands, flags and help, and nothing else. The keys
-under each command's `--help` come from the config fields' own help (`config.KEYS`), so a
-key cannot go undocumented. `build_parser(..., *more)`: commands defined in other modules."""
+"""The `pullstats` command line: commands, flags, help. Each `--help` lists its keys from
+the config fields' own help (`config.KEYS`); `build_parser(..., *more)` adds commands."""
 
 from __future__ import annotations
 
@@ -32,6 +31,12 @@ def _port(text: str) -> int:
     if not text.isdigit() or int(text) > 65535:
         raise argparse.ArgumentTypeError(f"invalid port {text!r} (0-65535)")
     return int(text)
+
+
+def _count(text: str) -> int:
+    if text.isdigit() and 1 <= int(text) <= 512:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"invalid number of workers {text!r} (1-512)")
 
 
 def _seconds(text: str) -> float:
@@ -107,33 +112,32 @@ def build_parser(
     )
     _listen_flags(command, 8080)
     _store_flags(command)
+    for flag, default, help_text in (
+        ("--connect-timeout", 5, "seconds to connect to the upstream before answering 504"),
+        ("--read-timeout", 60, "seconds of upstream silence before answering 504"),
+    ):
+        command.add_argument(
+            flag, type=_seconds, default=float(default), metavar="S",
+            help=f"{help_text} (default {default})",
+        )  # fmt: skip
     command.add_argument(
-        "--connect-timeout",
-        type=_seconds,
-        default=5.0,
-        metavar="S",
-        help="seconds to connect to the upstream before answering 504 (default 5)",
-    )
-    command.add_argument(
-        "--read-timeout",
-        type=_seconds,
-        default=60.0,
-        metavar="S",
-        help="seconds of upstream silence before answering 504 (default 60)",
-    )
-    command.add_argument(
-        "--tls-cert",
-        metavar="FILE.pem",
+        "--tls-cert", metavar="FILE.pem",
         help="serve HTTPS with this certificate (chain), PEM; needs --tls-key",
-    )
+    )  # fmt: skip
     command.add_argument("--tls-key", metavar="FILE.pem", help="the private key of --tls-cert, PEM")
     command.add_argument(
-        "--no-upstream-check",
-        dest="upstream_check",
-        action="store_false",
+        "--workers", type=_count, default=1, metavar="N",
+        help="processes sharing the port, each its own recorder (default 1; more need Redis)",
+    )  # fmt: skip
+    command.add_argument(
+        "--access-log", action="store_true",
+        help="log one line per request (off by default: it costs about a sixth of the CPU)",
+    )  # fmt: skip
+    command.add_argument(
+        "--no-upstream-check", dest="upstream_check", action="store_false",
         help="start even if the upstream does not answer yet (requests get 502 until it does); "
         "by default one GET /v2/ must get an HTTP answer first",
-    )
+    )  # fmt: skip
     command.set_defaults(run=proxy)
 
     command = commands.add_parser(
@@ -155,12 +159,9 @@ def build_parser(
         "the [sql] extra is installed; 'none' for memory only)",
     )
     command.add_argument(
-        "--flush-interval",
-        type=_seconds,
-        default=0.5,
-        metavar="S",
+        "--flush-interval", type=_seconds, default=0.5, metavar="S",
         help="seconds between writes of the counts (default 0.5)",
-    )
+    )  # fmt: skip
     command.set_defaults(run=demo)
 
     command = commands.add_parser(

@@ -14,9 +14,7 @@ from typing import TYPE_CHECKING
 from pullstats_middleware.config import PullStatsConfig, RedisSettings
 
 if TYPE_CHECKING:
-    from starlette.types import ASGIApp, Receive, Scope, Send
-
-    from pullstats_middleware.metrics import PullMetrics
+    from starlette.types import ASGIApp
 
 
 class StartupError(Exception):
@@ -45,20 +43,29 @@ def ping_redis(settings: RedisSettings) -> None:
 
 def reach_upstream(upstream: str, timeout: float) -> None:
     """One request to the upstream's `/v2/`: any HTTP answer (401 too) means it is there."""
+    import http.client
     import ssl
+    from urllib.parse import urlsplit
 
-    import httpx2
-
-    try:
-        httpx2.get(
-            upstream + "/v2/", timeout=timeout, trust_env=False, verify=ssl.create_default_context()
+    # http.client: no redirects followed, no HTTP(S)_PROXY detour, the system trust store.
+    parts = urlsplit(upstream)
+    conn = (
+        http.client.HTTPSConnection(
+            parts.netloc, timeout=timeout, context=ssl.create_default_context()
         )
-    except httpx2.HTTPError as exc:
-        why = one_line(exc) or type(exc).__name__
+        if parts.scheme == "https"
+        else http.client.HTTPConnection(parts.netloc, timeout=timeout)
+    )
+    try:
+        conn.request("GET", "/v2/")
+        conn.getresponse().close()
+    except (OSError, http.client.HTTPException) as exc:
         raise StartupError(
-            f"cannot reach the upstream registry at {upstream}: {why} "
+            f"cannot reach the upstream registry at {upstream}: {one_line(exc)} "
             "(--no-upstream-check starts anyway)"
         ) from None
+    finally:
+        conn.close()
 
 
 def describe_database(url: str) -> str:
@@ -163,37 +170,6 @@ def demo_app(
     return PullStatsASGIMiddleware(starlette_app(registry), metrics=metrics), (digest, index, amd64)
 
 
-class MetricsAtRoot:
-    """`pullstats proxy` with PULL_METRICS_PROMETHEUS: also `GET /metrics`, the path
-    Prometheus scrapes by default (the middleware serves the same at its own prefix)."""
-
-    def __init__(self, app: ASGIApp, path: str = "/metrics") -> None:
-        metrics: PullMetrics | None = getattr(app, "metrics", None)  # a PullStatsASGIMiddleware
-        if metrics is None:
-            raise ValueError("MetricsAtRoot wraps the statistics middleware, with pulls counted")
-        self.app, self.metrics, self.path = app, metrics, path
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != self.path:
-            await self.app(scope, receive, send)
-            return
-        import anyio.to_thread
-
-        from pullstats_middleware.prometheus import scrape
-        from pullstats_middleware.routes import error
-
-        if scope["method"] in ("GET", "HEAD"):
-            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-            response = await anyio.to_thread.run_sync(scrape, self.metrics, headers)
-        else:
-            response = error(405, f"method {scope['method']} is not allowed here; use GET, HEAD")
-            response.headers.append(("Allow", "GET, HEAD"))
-        raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
-        await send({"type": "http.response.start", "status": response.status, "headers": raw})
-        body = b"" if scope["method"] == "HEAD" else response.body
-        await send({"type": "http.response.body", "body": body})
-
-
 def listen(host: str, port: int) -> socket.socket:
     """Bind here, so a port in use is our one-line error rather than uvicorn's exit."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -207,15 +183,6 @@ def listen(host: str, port: int) -> socket.socket:
         sock.close()
         raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     return sock
-
-
-def setup_logging(level: str) -> None:
-    from uvicorn.logging import DefaultFormatter
-
-    handler = logging.StreamHandler()
-    handler.setFormatter(DefaultFormatter("%(levelprefix)s %(message)s"))  # as uvicorn's lines
-    logging.basicConfig(level=level.upper(), handlers=[handler])
-    logging.getLogger("httpx2").setLevel(logging.WARNING)  # uvicorn's access log says it all
 
 
 def tls_files(cert: str | None, key: str | None) -> tuple[str, str] | None:
@@ -232,46 +199,3 @@ def tls_files(cert: str | None, key: str | None) -> tuple[str, str] | None:
         why = one_line(exc)
         raise StartupError(f"cannot use TLS certificate {cert} with key {key}: {why}") from None
     return cert, key
-
-
-class _QuietProbes(logging.Filter):
-    """Clients that try HTTPS first on a plain-HTTP registry make uvicorn warn once per
-    command; not the operator's problem: shown at debug level only."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.getMessage() == "Invalid HTTP request received.":
-            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
-        return True
-
-
-def serve(
-    app: ASGIApp,
-    sock: socket.socket,
-    host: str,
-    log_level: str,
-    *,
-    proxy: bool,
-    tls: tuple[str, str] | None = None,
-) -> None:
-    import uvicorn
-
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=sock.getsockname()[1],
-        lifespan="on",
-        log_level=log_level,
-        # The client address is the peer's: X-Forwarded-For is believed only from
-        # PULL_METRICS_TRUSTED_PROXIES, by the middleware (uvicorn's default would let
-        # a client choose its identity). The proxy appends the peer to the header.
-        # The upstream's Date and Server pass through the proxy.
-        proxy_headers=False,
-        server_header=not proxy,
-        date_header=not proxy,
-        ws="none",
-        ssl_certfile=tls[0] if tls else None,
-        ssl_keyfile=tls[1] if tls else None,
-    )
-    logging.getLogger("uvicorn.error").addFilter(_QuietProbes())  # after uvicorn's dictConfig
-    uvicorn.Server(config).run(sockets=[sock])

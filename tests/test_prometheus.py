@@ -319,7 +319,7 @@ def test_the_proxy_also_answers_at_the_root() -> None:
 
     from pullstats_middleware import PullStatsASGIMiddleware
     from pullstats_middleware.demo_registry import starlette_app
-    from pullstats_middleware.serving import MetricsAtRoot
+    from pullstats_middleware.proxy.metrics_root import MetricsAtRoot
 
     registry = MemoryRegistry()
     registry.push_image("library/hello", "v1")

@@ -4,6 +4,7 @@ a Location naming the upstream (RFC 9110 §7.6)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
@@ -22,6 +23,7 @@ HOP_BY_HOP = frozenset(
 _REPLACED = frozenset(
     (b"host", b"expect", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
 )
+_DROPPED = HOP_BY_HOP | _REPLACED
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -50,25 +52,30 @@ def origin(parts: SplitResult) -> Origin:
 
 def request_headers(scope: Scope, upstream_host: bytes) -> tuple[Headers, bool]:
     """The headers to send upstream, and whether the request has a body."""
-    raw: Headers = scope.get("headers", [])
-    drop = HOP_BY_HOP | _REPLACED | _connection_tokens(raw)
-    out: Headers = [(b"host", upstream_host)]
+    kept: Headers = []
+    connection: list[bytes] = []
     forwarded: list[bytes] = []
     host = b""
     has_body = False
-    for name, value in raw:
-        name = name.lower()
+    for name, value in scope.get("headers", ()):
+        name = name.lower()  # one pass, once per name: this runs for every request
         if name == b"host":
             host = value
         elif name == b"x-forwarded-for":
             forwarded.append(value)
+        elif name == b"connection":
+            connection.append(value)
         elif name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
             has_body = True
-        if name not in drop:
-            out.append((name, value))
+        if name not in _DROPPED:
+            kept.append((name, value))
+    if connection:
+        tokens = _tokens(connection)
+        kept = [(name, value) for name, value in kept if name not in tokens]
     peer = scope.get("client")
     if peer:
         forwarded.append(peer[0].encode("latin-1"))
+    out: Headers = [(b"host", upstream_host), *kept]
     if forwarded:
         out.append((b"x-forwarded-for", b", ".join(forwarded)))
     out.append((b"x-forwarded-proto", scope.get("scheme", "http").encode("latin-1")))
@@ -77,16 +84,21 @@ def request_headers(scope: Scope, upstream_host: bytes) -> tuple[Headers, bool]:
     return out, has_body
 
 
-def response_headers(raw: Headers, scope: Scope, upstream: Origin) -> Headers:
-    drop = HOP_BY_HOP | _connection_tokens(raw)
+def response_headers(raw: Sequence[tuple[bytes, bytes]], scope: Scope, upstream: Origin) -> Headers:
     out: Headers = []
+    connection: list[bytes] = []
     for name, value in raw:
         name = name.lower()
-        if name in drop:
+        if name in HOP_BY_HOP:
+            if name == b"connection":
+                connection.append(value)
             continue
         if name == b"location":
             value = _rewrite_location(value, scope, upstream)
         out.append((name, value))
+    if connection:
+        tokens = _tokens(connection)
+        out = [(name, value) for name, value in out if name not in tokens]
     return out
 
 
@@ -108,12 +120,11 @@ def _rewrite_location(value: bytes, scope: Scope, upstream: Origin) -> bytes:
     return urlunsplit((scheme, host, parts.path, parts.query, parts.fragment)).encode("latin-1")
 
 
-def _connection_tokens(headers: Headers) -> frozenset[bytes]:
+def _tokens(connection: list[bytes]) -> frozenset[bytes]:
     """Headers named in `Connection` are hop-by-hop too (RFC 9110 §7.6.1)."""
     return frozenset(
         token.strip().lower()
-        for name, value in headers
-        if name.lower() == b"connection"
+        for value in connection
         for token in value.split(b",")
         if token.strip()
     )

@@ -529,8 +529,9 @@ class PullstatsProxy(_RegistryEndpoint):
     """``python -m pullstats_middleware.cli proxy`` in front of ``upstream``, counting into Redis.
 
     Records every ``PULL_METRICS_FLUSH_INTERVAL`` (default here 0.05 s) seconds;
-    ``env`` adds or overrides configuration variables.  Its log (uvicorn's
-    access log at ``info``) is in ``logs()``.
+    ``env`` adds or overrides configuration variables; ``workers`` is ``--workers``.
+    Its log (with uvicorn's access log, which the tests read, at ``info``) is in
+    ``logs()``.
     """
 
     name = "pullstats-proxy"
@@ -545,8 +546,10 @@ class PullstatsProxy(_RegistryEndpoint):
         flush_interval: float = 0.05,
         log_level: str = "info",
         env: dict[str, str] | None = None,
+        workers: int = 1,
     ) -> None:
         self.upstream = upstream
+        self.workers = workers
         self.redis_url = redis_url
         self.flush_interval = flush_interval
         self.log_level = log_level
@@ -561,6 +564,8 @@ class PullstatsProxy(_RegistryEndpoint):
             "--port", str(self.port),
             "--redis-url", self.redis_url,
             "--log-level", self.log_level,
+            "--access-log",
+            "--workers", str(self.workers),
         ]  # fmt: skip
 
     def _env(self) -> dict[str, str]:
