@@ -4,8 +4,10 @@
 
 Starts a CNCF distribution registry (`docker-registry`), a redis-server, nginx
 (`proxy_pass` with upstream keep-alive and buffering on, when nginx is
-installed) and `pullstats proxy` with one worker and with two, all in front of
-the same registry, and pushes one image with a large layer. Then, in
+installed), `pullstats proxy` with one worker and with two, and the split
+deployment (nginx on the shipped examples/nginx/pullstats.conf, manifests to
+a pullstats proxy of its own, blobs straight to the registry), all in front
+of the same registry, and pushes one image with a large layer. Then, in
 interleaved rounds: manifest GETs by tag at concurrency 32 (h2load, HTTP/1.1
 keep-alive) with the CPU each set-up's processes used meanwhile; manifest GETs
 one at a time (p50, p99); a blob downloaded by curl. Medians are printed, and
@@ -44,6 +46,7 @@ from registry_load import (  # type: ignore[import-not-found]
 
 from pullstats_middleware import PullMetrics, PullStatsConfig
 from pullstats_middleware.config import RedisSettings
+from tests.e2e.nginx import NginxSplit
 from tests.e2e.services import RedisServer
 
 NGINX = """
@@ -102,10 +105,15 @@ def start_nginx(stack: ExitStack, tmp: Path, upstream: str) -> Setup | None:
     return Setup("nginx proxy_pass, buffering on", f"http://127.0.0.1:{port}", [proc.pid])
 
 
-def start_pullstats(stack: ExitStack, upstream: str, redis_url: str, workers: int) -> Setup:
-    port, prefix = free_port(), f"bench-{workers}-{os.getpid()}"
+def start_pullstats(
+    stack: ExitStack, upstream: str, redis_url: str, workers: int, behind: str = ""
+) -> Setup:
+    """`behind`: the address of the server in front, whose X-Forwarded-For is trusted."""
+    port, prefix = free_port(), f"bench-{workers}{behind and '-split'}-{os.getpid()}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PULL_METRICS_")}
     env["PULL_METRICS_KEY_PREFIX"] = prefix
+    if behind:
+        env["PULL_METRICS_TRUSTED_PROXIES"] = behind
     command = [
         sys.executable, "-m", "pullstats_middleware.cli", "proxy", "--upstream", upstream,
         "--port", str(port), "--redis-url", redis_url, "--log-level", "warning",
@@ -114,6 +122,21 @@ def start_pullstats(stack: ExitStack, upstream: str, redis_url: str, workers: in
     proc = stack.enter_context(serve(command, f"http://127.0.0.1:{port}/v2/", env))
     name = f"pullstats proxy, {workers} worker{'s' if workers > 1 else ''}"
     return Setup(name, f"http://127.0.0.1:{port}", [proc.pid], prefix)
+
+
+def start_split(stack: ExitStack, upstream: str, redis_url: str) -> Setup | None:
+    """The shipped recipe (examples/nginx/pullstats.conf): nginx sends manifests to a
+    pullstats proxy of one worker, all else to the registry. Its CPU is both's."""
+    if shutil.which("nginx") is None:
+        return None
+    proxy = start_pullstats(stack, upstream, redis_url, 1, behind="127.0.0.1")
+    registry_address, proxy_address = (u.removeprefix("http://") for u in (upstream, proxy.base))
+    # Like the nginx row: a worker per core, no access log.
+    nginx = NginxSplit(registry_address, proxy_address, workers="auto", access_log=False)
+    stack.enter_context(nginx)
+    assert nginx.pid is not None
+    name = "split: nginx, manifests to pullstats proxy"
+    return Setup(name, nginx.url, [nginx.pid, *proxy.pids], proxy.prefix)
 
 
 def counted(redis_url: str, prefix: str) -> int:
@@ -182,6 +205,14 @@ def table(setups: list[Setup], counts: dict[str, int], args: argparse.Namespace)
             print("  ".join("-" * w for w in widths))
     print("* median of each round's rate over the direct rate of the same round")
     print("targets for pullstats proxy: ≥ 0.75 of direct, ≤ +0.6 ms p50, ≤ 4 s CPU per 10,000")
+    nginx = next((s for s in setups if s.name.startswith("nginx")), None)
+    split = next((s for s in setups if s.name.startswith("split")), None)
+    if nginx and split:
+        blob = statistics.median(b / n for b, n in zip(split.blob, nginx.blob, strict=True))
+        print(
+            f"split: CPU s/10k is nginx's and the proxy's together; blob {blob:.2f} of nginx "
+            "proxy_pass (median of each round's ratio; target ≥ 0.95)"
+        )
     for s in setups:
         if s.prefix:
             got = counts[s.prefix]
@@ -206,6 +237,8 @@ def main() -> None:
         setups += [nginx] if nginx else []
         with ExitStack() as proxies:
             setups += [start_pullstats(proxies, direct, redis_url, n) for n in (1, 2)]
+            split = start_split(proxies, direct, redis_url)
+            setups += [split] if split else []
             measure(setups, registry_proc.pid, args, layer)
         # The proxies have stopped: every worker flushed on its way out.
         counts = {s.prefix: counted(redis_url, s.prefix) for s in setups if s.prefix}

@@ -116,12 +116,20 @@ class NginxSplit(_RegistryEndpoint):
     startup_timeout = 20.0
 
     def __init__(
-        self, registry: str, proxy: str, *, workers: str = "1", tls: tuple[Path, Path] | None = None
+        self,
+        registry: str,
+        proxy: str,
+        *,
+        workers: str = "1",
+        tls: tuple[Path, Path] | None = None,
+        access_log: bool = True,
     ) -> None:
-        """`tls`: (certificate, key) files; nginx then listens with `ssl` and serves HTTPS."""
+        """`tls`: (certificate, key) files; nginx then listens with `ssl` and serves HTTPS.
+        Without `access_log` (a benchmark's choice) `served()` and `routed()` see nothing."""
         self.binary = require_binary("nginx")
         super().__init__()
         self.registry, self.proxy, self.workers, self.tls = registry, proxy, workers, tls
+        self.logging = access_log
         self.access_log = self.tmpdir / "access.log"
         self._barriers = 0
 
@@ -133,7 +141,7 @@ class NginxSplit(_RegistryEndpoint):
             user="user root;" if os.geteuid() == 0 else "",
             workers=self.workers,
             tmp=self.tmpdir,
-            access_log=f"{self.access_log} pullstats_split",
+            access_log=f"{self.access_log} pullstats_split" if self.logging else "off",
             # At http level, inherited by the recipe's server: its own lines stay comments.
             tls=f"    ssl_certificate {self.tls[0]};\n    ssl_certificate_key {self.tls[1]};\n"
             if self.tls
@@ -196,6 +204,8 @@ class NginxSplit(_RegistryEndpoint):
         """The log up to a request sent now. A client may see its answer a moment before
         nginx writes the line; one worker logs each request right after its last byte,
         so once a request sent now is logged, every earlier answered one is too."""
+        if not self.logging:
+            return []
         self._barriers += 1
         path = f"/v2/?{_BARRIER}={self._barriers}"
         self._get(path)
