@@ -109,12 +109,12 @@ def run_flusher(config: PullStatsConfig, *, once: bool, interval: float) -> int:
     import time
 
     from pullstats_middleware.durable import Database, Flusher
-    from pullstats_middleware.store import RedisStore
+    from pullstats_middleware.store import redis_store
 
     assert config.redis is not None and config.database is not None
     ping_redis(config.redis)
     check_database(config.database)
-    store = RedisStore(config.redis.client(), prefix=config.key_prefix, durable=True)
+    store = redis_store(config.redis, prefix=config.key_prefix, durable=True)
     flusher = Flusher(store, Database(config.database))
     if once:
         try:
