@@ -76,7 +76,7 @@ class RedisClusterStore(RedisRecords):
         self._client: RedisCluster | None = None
         self._connecting = threading.Lock()
         self.calls = SlotCaller(self, wait_replicas=wait_replicas, wait_timeout=wait_timeout)
-        self._script = LuaScript(script_text("apply_batch.lua"))
+        self.script = LuaScript(script_text("apply_batch.lua"))
         # Names the script would otherwise have to tell us (a round trip each).
         self._children: OrderedDict[tuple[str, str], tuple[str, ...]] = OrderedDict()
         self._head_tags: OrderedDict[tuple[str, str, str], str] = OrderedDict()
@@ -136,7 +136,7 @@ class RedisClusterStore(RedisRecords):
         for part in parts:
             marker = f"{self.prefix}/batch/{{{min(part.repositories)}}}/{batch.id}"
             keys, args = self.script_call(part.batch, marker, window, skew, cluster=True)
-            calls.append(SlotCall(self._script, keys + part.expected, args))
+            calls.append(SlotCall(self.script, keys + part.expected, args))
         skipped: list[str] = []
         for _ in range(_CALLS_PER_PART):
             again = []
