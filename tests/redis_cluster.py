@@ -8,6 +8,8 @@ sleeping: the machine the tests run on may be slow.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -182,3 +184,32 @@ def key_slot(key: str) -> int:
     from redis.crc import key_slot as slot
 
     return int(slot(key.encode()))
+
+
+def kill(node: ClusterNode) -> None:
+    """SIGKILL: no shutdown, no last words to the replicas."""
+    assert node.process is not None
+    node.process.kill()
+    node.process.wait(30)
+
+
+def cut_off(master: ClusterNode, replica: ClusterNode) -> None:
+    """Freeze the replica (SIGSTOP) and drop its link: from now on the master's writes
+    reach no replica, not even a socket buffer. `resume` undoes the freeze."""
+    until(lambda: replicated(master), what="the replica caught up")
+    assert replica.pid is not None
+    os.kill(replica.pid, signal.SIGSTOP)
+    master.client().client_kill_filter(_type="replica")
+    assert master.client().info("replication")["connected_slaves"] == 0
+
+
+def resume(replica: ClusterNode) -> None:
+    assert replica.pid is not None
+    os.kill(replica.pid, signal.SIGCONT)
+
+
+def replicated(master: ClusterNode) -> bool:
+    """Every replica of `master` holds all it wrote."""
+    info = master.client().info("replication")
+    replicas = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+    return bool(replicas) and all(r["offset"] == info["master_repl_offset"] for r in replicas)

@@ -73,19 +73,29 @@ class SlotCaller:
         self.wait_ms = max(1, int(wait_timeout * 1000))
         # What the cluster answered besides replies: the tests check a fault happened.
         self.redirects: Counter[str] = Counter()
+        self.unacknowledged = 0  # pipelines whose writes too few replicas acknowledged
 
-    def run(self, calls: list[SlotCall], *, wait: bool = False) -> list[Any]:
+    def run(self, calls: list[SlotCall], *, wait: bool = False, partial: bool = False) -> list[Any]:
         """Each call's reply, in order. `wait`: the calls write, and with wait_replicas
-        set each master's writes must reach that many replicas (else NotAcknowledged)."""
+        set each master's writes must reach that many replicas (else NotAcknowledged).
+        A master that cannot answer fails its calls; the others' calls go on, then the
+        first failure is raised, or with `partial` is each failed call's reply."""
         replies: list[Any] = [None] * len(calls)
         asked: dict[int, tuple[str, int]] = {}  # call -> the node an ASK named
         todo = list(range(len(calls)))
         pause = _PAUSE_FIRST
+        failed: list[StoreUnavailable] = []  # nodes that could not answer: raised at the end
         for _ in range(_ROUNDS):
             again: list[int] = []
             refresh = False
             for node, indexes in self._by_node(calls, todo, asked).values():
-                answers = self._send(node, [calls[i] for i in indexes], indexes, asked, wait)
+                try:
+                    answers = self._send(node, [calls[i] for i in indexes], indexes, asked, wait)
+                except StoreUnavailable as exc:
+                    failed.append(exc)
+                    for i in indexes:
+                        replies[i] = exc
+                    continue
                 for i, answer in zip(indexes, answers, strict=True):
                     asked.pop(i, None)
                     if isinstance(answer, MovedError):
@@ -100,12 +110,16 @@ class SlotCaller:
                         self.redirects["NOSCRIPT"] += 1
                         self._load(node, calls[i].script)
                     elif isinstance(answer, Exception):
-                        raise StoreUnavailable(f"{type(answer).__name__}: {answer}") from answer
+                        replies[i] = StoreUnavailable(f"{type(answer).__name__}: {answer}")
+                        failed.append(replies[i])
+                        continue
                     else:
                         replies[i] = answer
                         continue
                     again.append(i)
             if not again:
+                if failed and not partial:
+                    raise failed[0]
                 return replies
             if refresh:
                 self._refresh()
@@ -113,7 +127,12 @@ class SlotCaller:
                 time.sleep(pause)
                 pause = min(pause * 2, _PAUSE_MAX)
             todo = again
-        raise StoreUnavailable(f"Redis Cluster still redirecting after {_ROUNDS} rounds")
+        still = StoreUnavailable(f"Redis Cluster still redirecting after {_ROUNDS} rounds")
+        if not partial:
+            raise still
+        for i in todo:
+            replies[i] = still
+        return replies
 
     def _by_node(
         self, calls: list[SlotCall], todo: list[int], asked: dict[int, tuple[str, int]]
@@ -171,6 +190,7 @@ class SlotCaller:
             acknowledged = answers[-1]
             wrote = any(not isinstance(reply, Exception) for reply in replies)
             if wrote and (isinstance(acknowledged, Exception) or acknowledged < self.wait_replicas):
+                self.unacknowledged += 1
                 self._refresh()
                 raise NotAcknowledged(
                     f"{node.name} applied the writes but {acknowledged} of "
