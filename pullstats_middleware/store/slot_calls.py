@@ -191,7 +191,6 @@ class SlotCaller:
             wrote = any(not isinstance(reply, Exception) for reply in replies)
             if wrote and (isinstance(acknowledged, Exception) or acknowledged < self.wait_replicas):
                 self.unacknowledged += 1
-                self._refresh()
                 raise NotAcknowledged(
                     f"{node.name} applied the writes but {acknowledged} of "
                     f"{self.wait_replicas} replica(s) acknowledged them within {self.wait_ms} ms"
