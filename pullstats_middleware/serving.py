@@ -35,7 +35,7 @@ def ping_redis(settings: RedisSettings) -> None:
             client.ping()
         finally:
             client.close()
-    except (redis.RedisError, OSError, ValueError) as exc:
+    except (redis.RedisError, redis.exceptions.RedisClusterException, OSError, ValueError) as exc:
         raise StartupError(
             f"cannot reach Redis at {settings.describe()}: {one_line(exc)}"
         ) from None

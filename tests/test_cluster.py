@@ -7,6 +7,7 @@ Slot migrations are in test_cluster_migration.py, failovers in test_cluster_fail
 
 from __future__ import annotations
 
+import json
 import random
 import uuid
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from pullstats_middleware.store import (
     iso_date,
 )
 from tests.apps import Driver, make_driver
+from tests.e2e.services import free_port
 from tests.redis_cluster import LocalCluster, key_slot
 
 D1 = "sha256:" + "1" * 64
@@ -87,6 +89,19 @@ def test_cluster_settings_parse_and_validate() -> None:
             PullStatsConfig(redis=bad)
     with pytest.raises(ConfigError, match=r"must not contain \{ or \} with a Redis Cluster"):
         PullStatsConfig(redis={"cluster": True, **nodes}, key_prefix="pm{x}")
+
+
+def test_pullstats_says_in_one_line_that_it_cannot_reach_a_cluster(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from pullstats_middleware.cli import main
+
+    nodes = json.dumps({"cluster": True, "startup_nodes": [f"127.0.0.1:{free_port()}"]})
+    argv = ["proxy", "--upstream", "http://127.0.0.1:5000", "--redis-url", nodes]
+    code = main([*argv, "--no-upstream-check"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("pullstats: error: ") and err.count("\n") == 1, err
+    assert "cannot reach Redis at redis-cluster://127.0.0.1:" in err
 
 
 def test_a_cluster_down_at_start_up_does_not_stop_the_app() -> None:

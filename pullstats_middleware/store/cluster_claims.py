@@ -173,7 +173,10 @@ class ClusterClaims:
                     again.append((repository, call))
                     continue
                 found = data["claims"] or {}
-                self._open[repository] = sorted(found)
+                if found:
+                    self._open[repository] = sorted(found)
+                else:
+                    self._open.pop(repository, None)
                 for key, fields in (data["live"] or {}).items():
                     live[self.store.record_key(key)] = self._delta(key, fields, key)
                 for claim_id, deltas in found.items():
