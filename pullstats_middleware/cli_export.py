@@ -112,13 +112,18 @@ def run_export(args: argparse.Namespace, config: PullStatsConfig) -> int:
             raise ExportError(f"{exc} (--sql-only exports the database alone)") from None
     from pullstats_middleware.durable import Database
     from pullstats_middleware.durable.export import COLUMNS, Selection, count, read_pending, rows
-    from pullstats_middleware.store import RedisStore, StoreDataError, StoreUnavailable
+    from pullstats_middleware.store import StoreDataError, StoreUnavailable, redis_store
 
     selection = Selection(args.kind, args.repository, args.since, args.until)
     database = Database(config.database)
     store = None
     if config.redis is not None and not args.sql_only:
-        store = RedisStore(config.redis.client(), prefix=config.key_prefix, durable=True)
+        if config.redis.cluster and args.repository is None:
+            raise ExportError(
+                "--all with a Redis Cluster cannot merge what Redis holds (a repository at a "
+                "time can: --repository R); or run 'pullstats flush --once', then --sql-only"
+            )
+        store = redis_store(config.redis, prefix=config.key_prefix, durable=True)
     target, show = args.output, export_output.show_progress(args.quiet, args.output)
     try:
         with (

@@ -13,7 +13,13 @@ from pullstats_middleware import tag_rows
 from pullstats_middleware.config import ConfigError, PullStatsConfig
 from pullstats_middleware.matchers import validate_digest, validate_repository, validate_tag
 from pullstats_middleware.recorder import Recorder
-from pullstats_middleware.store import MemoryStore, RedisStore, Store
+from pullstats_middleware.store import (
+    MemoryStore,
+    RedisClusterStore,
+    RedisStore,
+    Store,
+    redis_store,
+)
 from pullstats_middleware.store.order import TagOrder
 from pullstats_middleware.store.pending import ClaimStore, Merged, RecordKey
 
@@ -38,15 +44,14 @@ class PullMetrics:
         durable = config.database is not None
         if store is None:
             if config.redis is not None:
-                client = config.redis.client()
-                store = RedisStore(client, prefix=config.key_prefix, durable=durable)
+                store = redis_store(config.redis, prefix=config.key_prefix, durable=durable)
             else:
                 log.warning(
                     "pull statistics: no PULL_METRICS_REDIS or USER_EVENTS_REDIS configured; "
                     "counting in process memory (lost on exit, not shared between processes)"
                 )
                 store = MemoryStore(durable=durable)
-        elif durable and isinstance(store, (RedisStore, MemoryStore)):
+        elif durable and isinstance(store, (RedisStore, RedisClusterStore, MemoryStore)):
             store.durable = True  # Redis then holds only what is not yet flushed
         self.store = store
         self.database: Database | None = None

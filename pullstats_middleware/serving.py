@@ -35,7 +35,7 @@ def ping_redis(settings: RedisSettings) -> None:
             client.ping()
         finally:
             client.close()
-    except (redis.RedisError, OSError, ValueError) as exc:
+    except (redis.RedisError, redis.exceptions.RedisClusterException, OSError, ValueError) as exc:
         raise StartupError(
             f"cannot reach Redis at {settings.describe()}: {one_line(exc)}"
         ) from None
@@ -118,12 +118,12 @@ def run_flusher(config: PullStatsConfig, *, once: bool, interval: float) -> int:
     import time
 
     from pullstats_middleware.durable import Database, Flusher
-    from pullstats_middleware.store import RedisStore
+    from pullstats_middleware.store import redis_store
 
     assert config.redis is not None and config.database is not None
     ping_redis(config.redis)
     check_database(config.database)
-    store = RedisStore(config.redis.client(), prefix=config.key_prefix, durable=True)
+    store = redis_store(config.redis, prefix=config.key_prefix, durable=True)
     flusher = Flusher(store, Database(config.database), history_days=config.history_days)
     if once:
         try:

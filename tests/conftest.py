@@ -7,14 +7,16 @@ from pathlib import Path
 import pytest
 import redis
 import sqlalchemy as sa
+from redis.cluster import ClusterNode, RedisCluster
 
 from pullstats_middleware import PullMetrics, PullStatsConfig
 from pullstats_middleware.demo_registry import MemoryRegistry
 from pullstats_middleware.durable import Database
-from pullstats_middleware.store import MemoryStore, RedisStore, Store
+from pullstats_middleware.store import MemoryStore, RedisClusterStore, RedisStore, Store
 from tests.apps import Driver, make_driver
 from tests.e2e.services import RedisServer
 from tests.postgres import PostgresServer
+from tests.redis_cluster import LocalCluster
 
 
 @pytest.fixture(scope="session")
@@ -34,6 +36,25 @@ def real_redis(redis_server: RedisServer) -> Iterator[redis.Redis]:
     client.close()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalCluster]:
+    """A real Redis Cluster of three masters for the session (tests that break a
+    cluster start their own)."""
+    with LocalCluster(masters=3) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cluster_client(redis_cluster: LocalCluster) -> Iterator[RedisCluster]:
+    """A client of the session's cluster, emptied first."""
+    for node in redis_cluster.running():
+        node.client().flushall()
+    nodes = [ClusterNode(node.host, node.port) for node in redis_cluster.running()]
+    client = RedisCluster(startup_nodes=nodes)
+    yield client
+    client.close()
+
+
 def _store(request: pytest.FixtureRequest) -> Store:
     if request.param == "memory":
         return MemoryStore()
@@ -41,12 +62,15 @@ def _store(request: pytest.FixtureRequest) -> Store:
         import fakeredis
 
         return RedisStore(fakeredis.FakeRedis())
+    if request.param == "cluster":
+        return RedisClusterStore(request.getfixturevalue("cluster_client"))
     return RedisStore(request.getfixturevalue("real_redis"))
 
 
-@pytest.fixture(params=["memory", "fakeredis", "redis"])
+@pytest.fixture(params=["memory", "fakeredis", "redis", "cluster"])
 def store(request: pytest.FixtureRequest) -> Store:
-    """Every store, through the same cases; `redis` is a real redis-server."""
+    """Every store, through the same cases; `redis` is a real redis-server, `cluster`
+    a real Redis Cluster of three masters."""
     return _store(request)
 
 

@@ -1,6 +1,8 @@
 """One flush cycle, step by step, killing itself (SIGKILL) right after the named step.
 
-    python -m tests.flush_steps REDIS_URL DATABASE_URL STEP
+    python -m tests.flush_steps REDIS DATABASE_URL STEP
+
+REDIS: a URL, or PULL_METRICS_REDIS's JSON (a Redis Cluster).
 
 STEP: claimed (before any SQL), written (inside the SQL transaction, before the
 commit), committed (before the release in Redis), released (after everything).
@@ -12,10 +14,9 @@ import os
 import signal
 import sys
 
-import redis
-
+from pullstats_middleware.config import RedisSettings
 from pullstats_middleware.durable import Database, Flusher
-from pullstats_middleware.store import RedisStore
+from pullstats_middleware.store import redis_store
 
 
 def die() -> None:
@@ -23,9 +24,9 @@ def die() -> None:
 
 
 def main(redis_url: str, database_url: str, step: str) -> None:
-    flusher = Flusher(
-        RedisStore(redis.Redis.from_url(redis_url), durable=True), Database(database_url)
-    )
+    settings = RedisSettings.parse("REDIS", redis_url)
+    store = redis_store(settings, prefix="pull_metrics", durable=True)
+    flusher = Flusher(store, Database(database_url))
     claim = flusher.claim()
     assert claim.deltas, "nothing to claim: the test drove no pulls"
     if step == "claimed":

@@ -1,4 +1,5 @@
-"""Where the counts live: one Redis, a URL, or Redis Sentinel, and the client for it."""
+"""Where the counts live: one Redis, a URL, Redis Sentinel or Redis Cluster, and the
+client for it."""
 
 from __future__ import annotations
 
@@ -12,12 +13,17 @@ from pullstats_middleware.config.values import ConfigError, boolean, host_ports,
 
 if TYPE_CHECKING:
     import redis
+    from redis.cluster import RedisCluster
+
+# Fields that name one server: meaningless (so refused) next to startup_nodes.
+_SINGLE_SERVER = ("host", "port", "url", "sentinels", "service_name", "sentinel_password")
 
 
 @dataclass(frozen=True, kw_only=True)
 class RedisSettings:
-    """Where the counts live: `{host, port, password, ssl, db, username}`, a `url`, or
-    Redis Sentinel: `{sentinels: ["host:port", ...], service_name, ...}`."""
+    """Where the counts live: `{host, port, password, ssl, db, username}`, a `url`,
+    Redis Sentinel: `{sentinels: ["host:port", ...], service_name, ...}`, or Redis
+    Cluster: `{cluster: true, startup_nodes: ["host:port", ...], ...}`."""
 
     host: str = "localhost"
     port: int = 6379
@@ -30,6 +36,11 @@ class RedisSettings:
     sentinels: tuple[tuple[str, int], ...] = ()
     service_name: str | None = None  # the master's name the sentinels monitor
     sentinel_password: str | None = None
+    cluster: bool = False
+    startup_nodes: tuple[tuple[str, int], ...] = ()  # any of the cluster's nodes
+    # Cluster: how many replicas must hold a write before it counts as done (Redis
+    # WAIT); 0: the master's reply is enough (a master that dies can lose the last ones).
+    wait_replicas: int = 0
 
     @classmethod
     def parse(cls, key: str, value: Any) -> RedisSettings:
@@ -55,19 +66,21 @@ class RedisSettings:
             raise ConfigError(f"{key} has unknown field(s) {', '.join(unknown)}")
         kwargs: dict[str, Any] = {}
         for name, raw in value.items():
-            if name in ("port", "db"):
+            if name in ("port", "db", "wait_replicas"):
                 kwargs[name] = integer(f"{key}.{name}", raw, minimum=0)
-            elif name == "ssl":
+            elif name in ("ssl", "cluster"):
                 kwargs[name] = boolean(f"{key}.{name}", raw)
             elif name == "socket_timeout":
                 kwargs[name] = seconds(f"{key}.{name}", raw)
-            elif name == "sentinels":
+            elif name in ("sentinels", "startup_nodes"):
                 kwargs[name] = host_ports(f"{key}.{name}", raw)
             elif raw is None or isinstance(raw, str):
                 kwargs[name] = raw
             else:
                 raise ConfigError(f"{key}.{name} must be a string, got {type(raw).__name__}")
         settings = cls(**kwargs)
+        if settings.cluster or settings.startup_nodes or settings.wait_replicas:
+            _check_cluster(key, settings, set(value))
         if bool(settings.sentinels) != bool(settings.service_name):
             raise ConfigError(f"{key}: sentinels and service_name go together")
         if settings.sentinels and settings.url is not None:
@@ -81,10 +94,21 @@ class RedisSettings:
                 )
         return settings
 
-    def client(self) -> redis.Redis:
+    def client(self) -> redis.Redis | RedisCluster:
         import redis
 
         timeout = self.socket_timeout
+        if self.cluster:
+            from redis.cluster import ClusterNode, RedisCluster
+
+            return RedisCluster(
+                startup_nodes=[ClusterNode(h, p) for h, p in self.startup_nodes],  # type: ignore[no-untyped-call]
+                username=self.username,
+                password=self.password,
+                ssl=self.ssl,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+            )
         if self.sentinels:
             from redis.sentinel import Sentinel
 
@@ -126,6 +150,9 @@ class RedisSettings:
 
     def describe(self) -> str:
         """Where it points, without the password."""
+        if self.cluster:
+            hosts = ",".join(f"{h}:{p}" for h, p in self.startup_nodes)
+            return f"{'rediss' if self.ssl else 'redis'}-cluster://{hosts}"
         if self.sentinels:
             hosts = ",".join(f"{h}:{p}" for h, p in self.sentinels)
             return f"sentinel://{hosts}/{self.service_name}/{self.db}"
@@ -136,3 +163,20 @@ class RedisSettings:
                 netloc += f":{parts.port}"
             return f"{parts.scheme}://{netloc}{parts.path}"
         return f"{'rediss' if self.ssl else 'redis'}://{self.host}:{self.port}/{self.db}"
+
+
+def _check_cluster(key: str, settings: RedisSettings, given: set[str]) -> None:
+    """A cluster is `cluster: true` with its nodes, and nothing that names one server."""
+    if not settings.cluster:
+        what = "startup_nodes" if settings.startup_nodes else "wait_replicas"
+        raise ConfigError(f'{key}.{what} is for Redis Cluster: add "cluster": true')
+    if not settings.startup_nodes:
+        raise ConfigError(f"{key}: a cluster needs startup_nodes, a list of host:port of its nodes")
+    clashing = sorted(given & set(_SINGLE_SERVER))
+    if clashing:
+        raise ConfigError(
+            f"{key}: {', '.join(clashing)} name(s) one server; a cluster is found through "
+            "startup_nodes alone"
+        )
+    if settings.db != 0:
+        raise ConfigError(f"{key}.db must be 0 with a cluster (Redis Cluster has one database)")

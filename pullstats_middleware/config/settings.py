@@ -57,7 +57,8 @@ class PullStatsConfig:
         metadata=_key(
             "PULL_METRICS_REDIS",
             "where counts live: a redis://, rediss:// or unix:// URL, or JSON "
-            "{host, port, password, ssl, db, username} or {sentinels, service_name}",
+            "{host, port, password, ssl, db, username}, {sentinels, service_name} or "
+            "{cluster: true, startup_nodes}",
             reading=True,
         ),
     )
@@ -209,6 +210,12 @@ class PullStatsConfig:
         if not isinstance(prefix, str) or not prefix or prefix.endswith("/"):
             raise ConfigError(
                 f"{key_of('key_prefix')} must be a non-empty string not ending in '/'"
+            )
+        if self.redis is not None and self.redis.cluster and ("{" in prefix or "}" in prefix):
+            # Redis Cluster places a key by the first {...} in its name: the repository's
+            raise ConfigError(
+                f"{key_of('key_prefix')} must not contain {{ or }} with a Redis Cluster, "
+                f"got {prefix!r}"
             )
         path = self.path_prefix
         if not isinstance(path, str) or (path and not path.startswith("/")):

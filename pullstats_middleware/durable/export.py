@@ -22,7 +22,7 @@ from pullstats_middleware.durable.database import Database
 from pullstats_middleware.durable.hyperloglog import Sketch
 from pullstats_middleware.durable.schema import manifest_daily, manifest_pulls, tag_daily, tag_pulls
 from pullstats_middleware.durable.writes import sketch
-from pullstats_middleware.store import RedisStore, StoreUnavailable
+from pullstats_middleware.store import RedisClusterStore, RedisStore, StoreUnavailable
 from pullstats_middleware.store.pending import Delta, Pending, RecordKey, combine
 
 KINDS = ("tags", "manifests", "history")
@@ -214,7 +214,9 @@ def _merge(kind: str, repository: str, name: str, parts: list[Delta]) -> tuple[A
     return repository, name, merged.pull_count, merged.last_pull_date
 
 
-def read_pending(store: RedisStore, selection: Selection, *, chunk: int = 1000) -> Pending:
+def read_pending(
+    store: RedisStore | RedisClusterStore, selection: Selection, *, chunk: int = 1000
+) -> Pending:
     """What Redis holds of the selection's records, read first (before SQL) as the routes
     read it: `pending.lua`, atomic per key, `chunk` keys a call so Redis is never
     blocked long. An export of one repository scans only that repository's keys."""
@@ -229,9 +231,13 @@ def read_pending(store: RedisStore, selection: Selection, *, chunk: int = 1000) 
     return Pending(live, claims)
 
 
-def _held_keys(store: RedisStore, kinds: Iterable[str], repository: str | None) -> set[RecordKey]:
+def _held_keys(
+    store: RedisStore | RedisClusterStore, kinds: Iterable[str], repository: str | None
+) -> set[RecordKey]:
     if repository is not None:
         return {RecordKey(k, repository, name) for k in kinds for name in store.held(k, repository)}
+    if not isinstance(store, RedisStore):  # the command refuses it first, with a way out
+        raise StoreUnavailable("every repository at once cannot be read from a Redis Cluster")
     heads = tuple(f"{store.prefix}/{kind}/" for kind in kinds)
     keys = set()
     try:

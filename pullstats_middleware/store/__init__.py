@@ -1,4 +1,5 @@
-"""Where pull counts live: Redis in production, process memory by default."""
+"""Where pull counts live: Redis (one, Sentinel, or a Cluster) in production, process
+memory by default."""
 
 from pullstats_middleware.store.base import (
     Batch,
@@ -15,6 +16,7 @@ from pullstats_middleware.store.base import (
     TagRecord,
     iso_date,
 )
+from pullstats_middleware.store.cluster import RedisClusterStore, redis_store
 from pullstats_middleware.store.memory import MemoryStore
 from pullstats_middleware.store.redis import RedisStore
 
@@ -26,6 +28,7 @@ __all__ = [
     "ManifestRecord",
     "MemoryStore",
     "Push",
+    "RedisClusterStore",
     "RedisStore",
     "Resolution",
     "Store",
@@ -34,4 +37,5 @@ __all__ = [
     "TagDelta",
     "TagRecord",
     "iso_date",
+    "redis_store",
 ]

@@ -8,7 +8,19 @@
 --
 -- KEYS[1] {prefix}/dirty, KEYS[2] {prefix}/claims, KEYS[3] {prefix}/claim/{id}
 -- Returns what it claimed, {key: fields}, as JSON: the worker needs no second read.
-local keys = redis.call('SPOP', KEYS[1], tonumber(ARGV[2]))
+--
+-- In a Redis Cluster (ARGV[3] 'declared') the three are the repository's own, and a
+-- script may touch only the keys it is given: the caller picks up to ARGV[2] of the
+-- set's members (KEYS[4..]), and those still in the set are claimed.
+local keys
+if ARGV[3] == 'declared' then
+  keys = {}
+  for n = 4, #KEYS do
+    if redis.call('SREM', KEYS[1], KEYS[n]) == 1 then table.insert(keys, KEYS[n]) end
+  end
+else
+  keys = redis.call('SPOP', KEYS[1], tonumber(ARGV[2]))
+end
 local claimed = {}
 local n = 0
 for _, key in ipairs(keys) do

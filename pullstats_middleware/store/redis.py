@@ -2,41 +2,20 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
-from pullstats_middleware.puller import puller_key
-from pullstats_middleware.store.base import (
-    Batch,
-    DigestFetch,
-    ManifestRecord,
-    StoreDataError,
-    StoreUnavailable,
-    TagRecord,
-    iso_date,
-)
+from pullstats_middleware.store.base import Batch, StoreDataError, StoreUnavailable
 from pullstats_middleware.store.pending import Claim, Delta, Pending, RecordKey
+from pullstats_middleware.store.redis_records import RedisRecords, _glob, _text, script_text
 
 if TYPE_CHECKING:
     import redis
 
-# How long an index's list of children is kept after it was last seen: an index
-# is immutable, and a tag pulled less often than this gets its index GET again.
-INDEX_TTL = 7 * 24 * 3600
 
-
-def _script(name: str) -> str:
-    return files("pullstats_middleware.store").joinpath(name).read_text()
-
-
-_SCRIPT = _script("apply_batch.lua")
-
-
-class RedisStore:
+class RedisStore(RedisRecords):
     """`{prefix}/tag/{repo}/{tag}` and `{prefix}/manifest/{repo}/{digest}` hashes.
 
     Everything else lives under `{prefix}/batch/`, `{prefix}/resolution/`,
@@ -52,64 +31,19 @@ class RedisStore:
         batch_ttl: int = 3600,
         durable: bool = False,
     ) -> None:
+        super().__init__(prefix=prefix, batch_ttl=batch_ttl, durable=durable)
         self.client = client
-        self.prefix = prefix
-        self._batch_ttl = batch_ttl
-        # With a database: count per day too, and mark what the flush worker must claim.
-        self.durable = durable
         self.pairs_made = 0  # HEAD + GET pairs the batch script made into tag pulls
         # register_script runs EVALSHA and reloads on NOSCRIPT (a restarted Redis).
-        self._apply = client.register_script(_SCRIPT)
-        self._claim = client.register_script(_script("claim.lua"))
-        self._pending = client.register_script(_script("pending.lua"))
+        self._apply = client.register_script(script_text("apply_batch.lua"))
+        self._claim = client.register_script(script_text("claim.lua"))
+        self._pending = client.register_script(script_text("pending.lua"))
 
-    def tag_key(self, repository: str, tag: str) -> str:
-        return f"{self.prefix}/tag/{repository}/{tag}"
-
-    def manifest_key(self, repository: str, digest: str) -> str:
-        return f"{self.prefix}/manifest/{repository}/{digest}"
-
-    def index_key(self, repository: str, digest: str) -> str:
-        return f"{self.prefix}/index/{repository}/{digest}"
+    def _reader(self) -> redis.Redis:
+        return self.client
 
     def apply(self, batch: Batch, *, window: float, skew: float) -> list[str]:
-        p = self.prefix
-        keys = [f"{p}/batch/{batch.id}"]
-        args: list[Any] = [
-            self._batch_ttl,
-            len(batch.tags),
-            len(batch.manifests),
-            len(batch.attribution_events),
-            window,
-            skew,
-            p,
-            batch.origin or "-",
-            len(batch.indexes),
-            INDEX_TTL,
-            "1" if self.durable else "0",
-            len(batch.pushes),
-        ]
-        pullers = self._pullers
-        for t in batch.tags:
-            keys.append(self.tag_key(t.repository, t.tag))
-            args += (t.pulls, t.date, t.digest, pullers(t.clients))
-        for m in batch.manifests:
-            keys.append(self.manifest_key(m.repository, m.digest))
-            args += (m.pulls, m.date, pullers(m.clients))
-        for push in batch.pushes:
-            keys.append(self.tag_key(push.repository, push.tag))
-            args += (push.date, push.digest)
-        for index in batch.indexes:
-            keys.append(self.index_key(index.repository, index.digest))
-            args.append(" ".join(index.children))
-        for e in batch.attribution_events:
-            client = client_key(e.client)
-            tail = f"{client}/{e.repository}/{e.digest}"
-            keys += (f"{p}/resolution/{tail}", f"{p}/unclaimed/{tail}")
-            keys.append(self.index_key(e.repository, e.digest))
-            kind, tag = ("g", "") if isinstance(e, DigestFetch) else ("h", e.tag)
-            args += (kind, repr(e.ts), iso_date(e.ts), e.repository, tag, e.digest, client)
-            args.append(pullers((e.client,)))
+        keys, args = self.script_call(batch, f"{self.prefix}/batch/{batch.id}", window, skew)
         reply = self._apply(keys=keys, args=args)
         if not isinstance(reply, list) or not reply:
             raise StoreDataError(f"unexpected reply from the batch script: {reply!r}")
@@ -117,35 +51,6 @@ class RedisStore:
             return []
         self.pairs_made += int(reply[1])
         return [_text(k) for k in reply[2:]]
-
-    def _pullers(self, clients: tuple[str, ...]) -> str:
-        """Who pulled, hashed, space-separated: with a database, the script counts
-        each as a puller of the key's day (`u:YYYY-MM-DD:<hash>`)."""
-        return " ".join({puller_key(client) for client in clients}) if self.durable else ""
-
-    def read_tag(self, repository: str, tag: str) -> TagRecord:
-        key = self.tag_key(repository, tag)
-        count, date, digest, pushed = self._hmget(
-            key, "pull_count", "last_pull_date", "current_manifest_digest", "last_push_date"
-        )
-        return TagRecord(_count(key, count), _opt(date), _opt(digest), _opt(pushed))
-
-    def read_manifest(self, repository: str, digest: str) -> ManifestRecord:
-        key = self.manifest_key(repository, digest)
-        count, date = self._hmget(key, "pull_count", "last_pull_date")
-        return ManifestRecord(_count(key, count), _opt(date))
-
-    def _hmget(self, key: str, *names: str) -> list[Any]:
-        try:
-            return list(self.client.hmget(key, names))
-        except ResponseError as exc:
-            if str(exc).startswith("WRONGTYPE"):  # someone else's value under our key
-                raise StoreDataError(
-                    f"Redis key {key!r} holds a value that is not a hash"
-                ) from None
-            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     def close(self) -> None:
         self.client.close()
@@ -227,33 +132,3 @@ class RedisStore:
 
     def _delta(self, key: str, fields: dict[str, Any], where: str) -> Delta:
         return Delta.from_fields(self.record_key(key), fields, where)
-
-
-def client_key(identity: str) -> str:
-    """The client identity as it appears in a key: hashed, so no credential is written.
-    Hashed here, on the recorder thread, never on the request path."""
-    return hashlib.blake2b(identity.encode(), digest_size=12).hexdigest()
-
-
-def _glob(text: str) -> str:
-    """`text` as a literal in a SCAN pattern."""
-    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _opt(value: Any) -> str | None:
-    return None if value is None else _text(value)
-
-
-def _count(key: str, value: Any) -> int:
-    if value is None:
-        return 0
-    try:
-        return int(value)
-    except ValueError:
-        raise StoreDataError(
-            f"Redis key {key!r} field 'pull_count' holds {_text(value)!r}, not an integer"
-        ) from None
