@@ -29,6 +29,14 @@ class ClusterNode(RedisServer):
         self.node_timeout_ms = node_timeout_ms
         super().__init__()
 
+    def _start_once(self) -> None:
+        # A first start that lost the race for a port is retried (RedisServer.start) with
+        # a new client port; the bus port may have been the one taken: a new one too. A
+        # restart keeps both: the cluster knows the node by them.
+        if not self._started_once:
+            self.bus_port = free_port()
+        super()._start_once()
+
     def _command(self) -> list[str]:
         return [
             *super()._command(),
