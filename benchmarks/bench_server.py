@@ -1,0 +1,207 @@
+"""The in-process middleware under a real server: bare app against wrapped app.
+
+    python benchmarks/bench_server.py [--requests 20000] [--rounds 5] [--quick]
+
+Serves the Starlette example under uvicorn (one process, httptools, access log
+off) and the Flask example under gunicorn (sync workers), each as shipped
+(wrapped) and without the middleware (bare, benchmarks/server_apps.py), the
+wrapped ones once with a private redis-server as the store and once with the
+in-process memory store. Then, in interleaved rounds, a fixed number of
+requests of each kind to each server: manifest GETs by tag, GETs by digest
+(h2load --h1: HTTP/1.1 keep-alive), HEADs by tag (a Python keep-alive client:
+h2load and wrk wait for a body after a HEAD), and a blob GET (not a manifest).
+The server's CPU per request is read from /proc/<pid>/stat (utime + stime of
+the server and its workers) before and after each run. Medians are printed,
+and the exact-count check of the Redis runs: the pulls the wrapped servers
+wrote (read after their SIGTERM) against the GETs they answered 200.
+Needs redis-server and h2load (nghttp2-client); asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import statistics
+import sys
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+import redis  # noqa: E402
+from keepalive_client import head_load  # type: ignore[import-not-found]  # noqa: E402
+from registry_load import free_port, h2load, serve, tree_cpu  # type: ignore[import-not-found]  # noqa: E402
+
+from tests.e2e.services import RedisServer  # noqa: E402
+
+REPOSITORY, TAG = "library/hello", "v1"
+TARGET_ADDED_US = 10.0  # added CPU per manifest request under uvicorn (issue 10)
+
+
+@dataclass
+class Server:
+    name: str
+    base: str
+    pid: int
+    wrapped: bool
+    cpu_us: dict[str, list[float]] = field(default_factory=dict)  # kind -> per round
+    rate: dict[str, list[float]] = field(default_factory=dict)
+    answered: dict[str, int] = field(default_factory=dict)  # kind -> 2xx answered
+
+
+def start(stack: ExitStack, kind: str, app: str, store: str | None, redis_url: str) -> Server:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PULL_METRICS_", "USER_EV"))}
+    if store == "redis":
+        env["PULL_METRICS_REDIS"] = redis_url
+    if kind == "uvicorn":
+        command = [
+            sys.executable, "-m", "uvicorn", "--factory", f"server_apps:{app}",
+            "--port", str(port), "--no-access-log", "--no-proxy-headers",
+            "--log-level", "warning", "--app-dir", str(HERE),
+        ]  # fmt: skip
+    else:
+        command = [
+            sys.executable, "-m", "gunicorn", "-k", "sync", "-w", "2",
+            "-b", f"127.0.0.1:{port}", "--chdir", str(HERE), f"server_apps:{app}",
+        ]  # fmt: skip
+    proc = stack.enter_context(serve(command, f"http://127.0.0.1:{port}/v2/", env))
+    label = "wrapped, " + ("Redis" if store == "redis" else "memory store") if store else "bare"
+    return Server(label, f"http://127.0.0.1:{port}", proc.pid, store is not None)
+
+
+def paths(base: str) -> dict[str, str]:
+    """The request kinds and their paths, read from the example's registry."""
+    conn = http.client.HTTPConnection(base.removeprefix("http://"))
+    conn.request("GET", f"/v2/{REPOSITORY}/manifests/{TAG}")
+    answer = conn.getresponse()
+    manifest = json.loads(answer.read())
+    digest = answer.headers["docker-content-digest"]
+    conn.close()
+    return {
+        "manifest GET by tag": f"/v2/{REPOSITORY}/manifests/{TAG}",
+        "manifest GET by digest": f"/v2/{REPOSITORY}/manifests/{digest}",
+        "manifest HEAD by tag": f"/v2/{REPOSITORY}/manifests/{TAG}",
+        "blob GET (not a manifest)": f"/v2/{REPOSITORY}/blobs/{manifest['layers'][0]['digest']}",
+    }
+
+
+def run(server: Server, kind: str, path: str, n: int, concurrency: int) -> None:
+    load: Callable[[str, int, int], tuple[float, int]] = head_load if "HEAD" in kind else h2load
+    before = tree_cpu(server.pid)
+    rate, ok = load(server.base + path, n, concurrency)
+    spent = tree_cpu(server.pid) - before
+    server.cpu_us.setdefault(kind, []).append(spent / n * 1e6)
+    server.rate.setdefault(kind, []).append(rate)
+    server.answered[kind] = server.answered.get(kind, 0) + ok
+
+
+def measure(servers: list[Server], args: argparse.Namespace, concurrency: int) -> None:
+    kinds = paths(servers[0].base)
+    for server in servers:  # warm-up: imports, caches, the recorder's thread
+        for kind, path in kinds.items():
+            run(server, kind, path, 500, concurrency)
+        server.cpu_us.clear()
+        server.rate.clear()
+    for r in range(args.rounds):
+        # Alternate the order each round: the machine's load drifts.
+        order = servers if r % 2 == 0 else servers[::-1]
+        for kind, path in kinds.items():
+            for server in order:
+                run(server, kind, path, args.requests, concurrency)
+                print(".", end="", flush=True, file=sys.stderr)
+
+
+def table(title: str, servers: list[Server], check: list[str]) -> None:
+    bare = servers[0]
+    print(f"\n{title}")
+    head = ("request", "set-up", "CPU µs/request", "req/s", "added CPU", "target")
+    rows = [head]
+    for kind in bare.cpu_us:
+        base = statistics.median(bare.cpu_us[kind])
+        for s in servers:
+            cpu = statistics.median(s.cpu_us[kind])
+            added = f"{cpu - base:+.1f} µs" if s.wrapped else ""
+            manifest = kind.startswith("manifest") and "uvicorn" in title and s.wrapped
+            target = f"≤ +{TARGET_ADDED_US:.0f} µs" if manifest else ""
+            rows.append(
+                (
+                    kind if s is bare else "",
+                    s.name,
+                    f"{cpu:.1f}",
+                    f"{statistics.median(s.rate[kind]):,.0f}",
+                    added,
+                    target,
+                )
+            )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    for i, row in enumerate(rows):
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    for line in check:
+        print(line)
+
+
+def counted(redis_url: str, prefix: str = "pull_metrics") -> tuple[int, int]:
+    client = redis.Redis.from_url(redis_url)
+    tag = client.hget(f"{prefix}/tag/{REPOSITORY}/{TAG}", "pull_count")
+    keys = client.keys(f"{prefix}/manifest/{REPOSITORY}/*")
+    manifests = sum(int(client.hget(k, "pull_count") or 0) for k in keys)
+    client.flushdb()
+    return int(tag or 0), manifests
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=20_000, help="per run")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--servers", default="uvicorn,gunicorn")
+    parser.add_argument("--quick", action="store_true", help="2 rounds of 2,000: a smoke run")
+    args = parser.parse_args()
+    if args.quick:
+        args.requests, args.rounds = 2_000, 2
+    load = os.getloadavg()
+    print(f"load average before: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; {os.cpu_count()} CPUs")
+    apps = {
+        "uvicorn": ("Starlette example", "starlette", 32),
+        "gunicorn": ("Flask example, 2 sync workers", "flask", 8),
+    }
+    with RedisServer() as store:
+        for kind in args.servers.split(","):
+            what, app, concurrency = apps[kind]
+            with ExitStack() as stack:
+                servers = [start(stack, kind, f"{app}_bare", None, store.url)]
+                servers += [
+                    start(stack, kind, f"{app}_wrapped", s, store.url) for s in ("redis", "memory")
+                ]
+                measure(servers, args, concurrency)
+            # The servers have exited (SIGTERM): the wrapped ones flushed on the way out.
+            tag, manifests = counted(store.url)
+            redis_run = servers[1].answered
+            get_tag, get_digest = (
+                redis_run["manifest GET by tag"],
+                redis_run["manifest GET by digest"],
+            )
+            exact = tag == get_tag and manifests == get_tag + get_digest
+            check = [
+                f"Redis: {get_tag:,} GETs by tag answered, {tag:,} tag pulls counted; "
+                f"{get_tag + get_digest:,} manifest GETs, {manifests:,} manifest pulls counted"
+                f" ({'exact' if exact else 'NOT EXACT'}; warm-up included)"
+            ]
+            title = (
+                f"{kind} ({what}, c={concurrency}): median of {args.rounds} interleaved rounds "
+                f"of {args.requests:,} requests; server CPU from /proc"
+            )
+            table(title, servers, check)
+    load = os.getloadavg()
+    print(f"\nload average after: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
