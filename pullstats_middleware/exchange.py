@@ -9,6 +9,7 @@ fails abandons the exchange (logged, nothing counted).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -52,6 +53,7 @@ class ManifestExchange:
         "_request",
         "_size",
         "_status",
+        "wants_body",
     )
 
     def __init__(
@@ -74,11 +76,10 @@ class ManifestExchange:
         self._hasher: hashlib._Hash | None = None
         self._index_body: bytearray | None = None  # an index's body, to learn its children
         self._size = 0
-
-    @property
-    def wants_body(self) -> bool:
-        """True while the body must be seen: hashed to learn the digest, or an index read."""
-        return self._hasher is not None or self._index_body is not None
+        # True while the body must be seen: hashed to learn the digest, or an index read
+        # (`_hasher` or `_index_body` is set). An attribute, not a property: the adapters
+        # read it for every chunk of every manifest, where a property call costs more.
+        self.wants_body = False
 
     def abandon(self, why: str | None = None) -> None:
         """Count nothing for this exchange; `why`: log the exception being handled."""
@@ -86,6 +87,7 @@ class ManifestExchange:
             log.exception("pull statistics: failed to %s; not counted", why)
         self._status = 0
         self._hasher = self._index_body = None
+        self.wants_body = False
 
     def start(self, status: int | str, headers: Iterable[tuple[Any, Any]]) -> None:
         """The response began: an ASGI status and byte headers, or WSGI's `"200 OK"` and str."""
@@ -104,19 +106,21 @@ class ManifestExchange:
                 # The length tests first: most headers are skipped without lower().
                 size = len(name)
                 if size == 21 and name.lower() in _DIGEST_HEADERS:
-                    digest = _text(value).strip()
+                    digest = value
                 elif size == 12 and name.lower() in _TYPE_HEADERS:
-                    media_type = _text(value).partition(";")[0].strip().lower()
-            if get and media_type in INDEX_TYPES:
+                    media_type = value
+            if get and media_type is not None and _is_index(media_type):
                 self._index_body = bytearray()
+                self.wants_body = True
             if request.by_digest:
                 self._digest = request.reference
-            elif digest is not None and is_digest(digest):
-                self._digest = digest
+            elif digest is not None and (checked := _header_digest(digest)) is not None:
+                self._digest = checked
             elif get:
                 if digest is not None:
                     log.debug("ignoring malformed Docker-Content-Digest %r", digest)
                 self._hasher = hashlib.sha256()
+                self.wants_body = True
         except Exception:
             self.abandon("read a manifest response")
 
@@ -125,6 +129,7 @@ class ManifestExchange:
             self._size += len(chunk)
             if self._size > self._max_bytes:
                 self._index_body = None  # an index that large lists nothing we keep
+                self.wants_body = self._hasher is not None
                 if self._hasher is not None:
                     log.debug(
                         "manifest %s:%s is larger than %d bytes, without a digest header; "
@@ -190,6 +195,38 @@ class ManifestExchange:
 
 def _text(value: str | bytes) -> str:
     return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+# A registry answers with the same few digests and media types again and again:
+# reading one from its header (decode, strip, a regex) costs about a microsecond,
+# a cache hit a tenth of that. The values come from the registry, not the client,
+# and only short ones are cached, so the caches stay small (≈ 1 MB at most).
+_CACHED_VALUE_LENGTH = 256
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_digest(value: str | bytes) -> str | None:
+    digest = _text(value).strip()
+    return digest if is_digest(digest) else None
+
+
+def _header_digest(value: str | bytes) -> str | None:
+    """The digest a `Docker-Content-Digest` value names; None when it names none."""
+    if len(value) <= _CACHED_VALUE_LENGTH:
+        return _cached_digest(value)
+    return _cached_digest.__wrapped__(value)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_is_index(value: str | bytes) -> bool:
+    return _text(value).partition(";")[0].strip().lower() in INDEX_TYPES
+
+
+def _is_index(content_type: str | bytes) -> bool:
+    """True when a `Content-Type` value names an image index (a manifest list)."""
+    if len(content_type) <= _CACHED_VALUE_LENGTH:
+        return _cached_is_index(content_type)
+    return _cached_is_index.__wrapped__(content_type)
 
 
 def _children(body: bytes | bytearray) -> tuple[str, ...]:
