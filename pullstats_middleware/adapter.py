@@ -12,7 +12,6 @@ from typing import Any
 
 from pullstats_middleware.config import ConfigError, PullStatsConfig
 from pullstats_middleware.exchange import ManifestExchange
-from pullstats_middleware.identity import Client
 from pullstats_middleware.matchers import ManifestRequest, OCIMatcher
 from pullstats_middleware.metrics import PullMetrics
 from pullstats_middleware.routes import ROUTES, Route, Router
@@ -85,9 +84,10 @@ class Adapter:
         return None
 
     def exchange(
-        self, request: ManifestRequest, method: str, client: Callable[[], Client]
+        self, request: ManifestRequest, method: str, client: Callable[[], str]
     ) -> ManifestExchange:
-        """The watcher of one manifest response; `client` gives the client identity."""
+        """The watcher of one manifest response; `client()` gives the client's identity
+        (puller.identity), asked for only when needed."""
         assert self.metrics is not None
         return ManifestExchange(
             self.metrics.recorder,

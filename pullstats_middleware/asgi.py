@@ -6,13 +6,15 @@ starlette_app.add_middleware(PullStatsASGIMiddleware, config=config)
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
 
 from pullstats_middleware.adapter import Adapter
-from pullstats_middleware.identity import Client, client_address
+from pullstats_middleware.identity import client_address
+from pullstats_middleware.puller import identity
 from pullstats_middleware.routes import (
     Probe,
     ProbeAnswer,
@@ -54,19 +56,23 @@ class PullStatsASGIMiddleware(Adapter):
         if isinstance(target, Router):
             await self._statistics(target, path, scope, receive, send)
             return
-        exchange = self.exchange(target, method, lambda: self._client(scope))
+        exchange = self.exchange(target, method, lambda: self._identity(scope))
 
-        async def watching_send(message: Message) -> None:
+        # Not a coroutine: it returns the server's own awaitable, so watching a message
+        # costs no coroutine of ours, except for the last one (finishing_send).
+        def watching_send(message: Message) -> Awaitable[None]:
             if message["type"] == "http.response.body":
                 if exchange.wants_body:
                     exchange.body(message.get("body", b""))
-                await send(message)
                 if not message.get("more_body", False):
-                    exchange.finish()
-                return
-            if message["type"] == "http.response.start":
+                    return finishing_send(message)
+            elif message["type"] == "http.response.start":
                 exchange.start(message["status"], message.get("headers", ()))
+            return send(message)
+
+        async def finishing_send(message: Message) -> None:
             await send(message)
+            exchange.finish()  # only once the server took the body to its end
 
         await self.app(scope, receive, watching_send)
 
@@ -85,15 +91,24 @@ class PullStatsASGIMiddleware(Adapter):
 
         return lifespan_send
 
-    def _client(self, scope: Scope) -> Client:
-        wanted = {b"x-forwarded-for": "", b"authorization": "", b"user-agent": ""}
+    def _identity(self, scope: Scope) -> str:
+        """The client's identity (puller.identity): built straight from the scope, since
+        every manifest pull asks for it."""
+        authorization = user_agent = forwarded = b""
         for name, value in scope.get("headers", ()):
-            if name in wanted:  # ASGI header names are lower-case
-                wanted[name] = value.decode("latin-1")
+            # ASGI header names are lower-case; the last of repeated headers wins.
+            if name == b"user-agent":
+                user_agent = value
+            elif name == b"authorization":
+                authorization = value
+            elif name == b"x-forwarded-for":
+                forwarded = value
         peer = scope.get("client")
-        forwarded = wanted[b"x-forwarded-for"]
-        address = client_address(peer[0] if peer else "", forwarded, self.config.trusted_proxies)
-        return Client(address, wanted[b"authorization"], wanted[b"user-agent"])
+        address = peer[0] if peer else ""
+        trusted = self.config.trusted_proxies
+        if trusted and forwarded:
+            address = client_address(address, forwarded.decode("latin-1"), trusted)
+        return identity(address, authorization.decode("latin-1"), user_agent.decode("latin-1"))
 
     async def _statistics(
         self, router: Router, path: str, scope: Scope, receive: Receive, send: Send

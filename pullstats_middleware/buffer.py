@@ -88,7 +88,20 @@ class PullBuffer:
                 return
             else:
                 self._tags[tag_key] = [1, now, digest, None if client is None else {client}]
-            self._count_manifest(manifest_key, now, client)
+            # _count_manifest(), inlined: a tag pull is the commonest pull of all.
+            counter = self._manifests.get(manifest_key)
+            if counter is not None:
+                counter[0] += 1
+                counter[1] = now
+                if client is not None:
+                    if counter[2] is None:
+                        counter[2] = {client}
+                    else:
+                        counter[2].add(client)
+            elif self._full():
+                self._drop()
+            else:
+                self._manifests[manifest_key] = [1, now, None if client is None else {client}]
         if self._thread is None:
             self._start()
 

@@ -9,7 +9,6 @@ fails abandons the exchange (logged, nothing counted).
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -27,8 +26,9 @@ log = logging.getLogger("pullstats_middleware")
 
 GET = "GET"
 PUT = "PUT"
-_DIGEST_HEADERS = ("docker-content-digest", b"docker-content-digest")
-_TYPE_HEADERS = ("content-type", b"content-type")
+_DIGEST_NAME, _TYPE_NAME = b"docker-content-digest", b"content-type"  # as ASGI sends them
+_DIGEST_HEADERS = ("docker-content-digest", _DIGEST_NAME)
+_TYPE_HEADERS = ("content-type", _TYPE_NAME)
 INDEX_TYPES = frozenset(
     (
         "application/vnd.oci.image.index.v1+json",
@@ -61,14 +61,16 @@ class ManifestExchange:
         recorder: Recorder,
         request: ManifestRequest,
         method: str,
-        client: Callable[[], Client],
+        client: Callable[[], str],
         max_bytes: int,
         exclude: tuple[ExcludeRule, ...] = (),
     ) -> None:
         self._recorder = recorder
         self._request = request
         self._method = method
-        self._client = client  # called only when attribution or exclusion needs it
+        # The client's identity (puller.identity), a string: asked for only when
+        # attribution, unique pullers or exclusion rules need it.
+        self._client = client
         self._exclude = exclude
         self._max_bytes = max_bytes
         self._status = 0
@@ -103,18 +105,24 @@ class ManifestExchange:
                 return  # a HEAD by digest: nothing to record
             digest = media_type = None
             for name, value in headers:
-                # The length tests first: most headers are skipped without lower().
+                # Most headers are skipped on their length alone. ASGI names come
+                # lower-case (bytes), WSGI names in any case (str).
                 size = len(name)
-                if size == 21 and name.lower() in _DIGEST_HEADERS:
-                    digest = value
-                elif size == 12 and name.lower() in _TYPE_HEADERS:
+                if size == 21:
+                    if name == _DIGEST_NAME or name.lower() in _DIGEST_HEADERS:
+                        digest = value
+                elif size == 12 and (name == _TYPE_NAME or name.lower() in _TYPE_HEADERS):
                     media_type = value
-            if get and media_type is not None and _is_index(media_type):
-                self._index_body = bytearray()
-                self.wants_body = True
+            if get and media_type is not None:
+                index = _index_types.get(media_type)
+                if index is None:
+                    index = _read_index_type(media_type)
+                if index:
+                    self._index_body = bytearray()
+                    self.wants_body = True
             if request.by_digest:
                 self._digest = request.reference
-            elif digest is not None and (checked := _header_digest(digest)) is not None:
+            elif digest is not None and (checked := _digests.get(digest) or _read_digest(digest)):
                 self._digest = checked
             elif get:
                 if digest is not None:
@@ -158,7 +166,7 @@ class ManifestExchange:
             digest, request = self._digest, self._request
             if digest is None:
                 return
-            if self._exclude and excluded(self._exclude, self._client()):
+            if self._exclude and excluded(self._exclude, Client.of(self._client())):
                 if self._method == GET:  # a pull, but not a user's: no count, no date
                     self._recorder.add_excluded_pull()
                 return
@@ -168,7 +176,7 @@ class ManifestExchange:
                 if not request.by_digest:
                     self._recorder.add_attribution_event(
                         Resolution(
-                            self._client().identity,
+                            self._client(),
                             request.repository,
                             request.reference,
                             digest,
@@ -178,12 +186,10 @@ class ManifestExchange:
             elif request.by_digest:
                 # A plain digest pull, unless this client just resolved a tag
                 # to this digest with a HEAD (containerd): the store pairs them.
-                event = DigestFetch(
-                    self._client().identity, request.repository, digest, time.time()
-                )
+                event = DigestFetch(self._client(), request.repository, digest, time.time())
                 self._recorder.add_attribution_event(event)
             else:
-                client = self._client().identity  # a puller, for unique pullers per day
+                client = self._client()  # a puller, for unique pullers per day
                 self._recorder.add_tag_pull(request.repository, request.reference, digest, client)
             if self._index_body is not None:
                 children = _children(self._index_body)
@@ -198,35 +204,36 @@ def _text(value: str | bytes) -> str:
 
 
 # A registry answers with the same few digests and media types again and again:
-# reading one from its header (decode, strip, a regex) costs about a microsecond,
-# a cache hit a tenth of that. The values come from the registry, not the client,
-# and only short ones are cached, so the caches stay small (≈ 1 MB at most).
-_CACHED_VALUE_LENGTH = 256
+# reading one from its header (decode, strip, a regex) costs about a microsecond, a
+# dict hit a few dozen nanoseconds. As in the matcher's cache, a full cache is
+# cleared, and only short values are kept: together they hold at most ~2 MB.
+_CACHE_SIZE = 4096
+_CACHED_LENGTH = 256
+_digests: dict[str | bytes, str] = {}  # Docker-Content-Digest value -> a valid digest
+_index_types: dict[str | bytes, bool] = {}  # Content-Type value -> names an image index
 
 
-@functools.lru_cache(maxsize=4096)
-def _cached_digest(value: str | bytes) -> str | None:
-    digest = _text(value).strip()
-    return digest if is_digest(digest) else None
-
-
-def _header_digest(value: str | bytes) -> str | None:
+def _read_digest(value: str | bytes) -> str | None:
     """The digest a `Docker-Content-Digest` value names; None when it names none."""
-    if len(value) <= _CACHED_VALUE_LENGTH:
-        return _cached_digest(value)
-    return _cached_digest.__wrapped__(value)
+    digest = _text(value).strip()
+    if not is_digest(digest):
+        return None
+    _remember(_digests, value, digest)
+    return digest
 
 
-@functools.lru_cache(maxsize=256)
-def _cached_is_index(value: str | bytes) -> bool:
-    return _text(value).partition(";")[0].strip().lower() in INDEX_TYPES
-
-
-def _is_index(content_type: str | bytes) -> bool:
+def _read_index_type(value: str | bytes) -> bool:
     """True when a `Content-Type` value names an image index (a manifest list)."""
-    if len(content_type) <= _CACHED_VALUE_LENGTH:
-        return _cached_is_index(content_type)
-    return _cached_is_index.__wrapped__(content_type)
+    index = _text(value).partition(";")[0].strip().lower() in INDEX_TYPES
+    _remember(_index_types, value, index)
+    return index
+
+
+def _remember(cache: dict[str | bytes, Any], value: str | bytes, meaning: Any) -> None:
+    if len(value) <= _CACHED_LENGTH:
+        if len(cache) >= _CACHE_SIZE:
+            cache.clear()  # safe under concurrent readers, unlike evicting one
+        cache[value] = meaning
 
 
 def _children(body: bytes | bytearray) -> tuple[str, ...]:
