@@ -7,7 +7,7 @@ exchange and writes what it gets back; everything it decides with lives here.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from pullstats_middleware.config import ConfigError, PullStatsConfig
@@ -83,20 +83,23 @@ class Adapter:
             log.exception("pull statistics: failed to look at a request; passing it through")
         return None
 
-    def exchange(
-        self, request: ManifestRequest, method: str, client: Callable[[], str]
-    ) -> ManifestExchange:
-        """The watcher of one manifest response; `client()` gives the client's identity
-        (puller.identity), asked for only when needed."""
+    def exchange(self, request: ManifestRequest, method: str, context: Any) -> ManifestExchange:
+        """The watcher of one manifest response; `context`: the request as the server
+        gave it (ASGI scope, WSGI environ), read for the client's identity if needed."""
         assert self.metrics is not None
         return ManifestExchange(
             self.metrics.recorder,
             request,
             method,
-            client,
+            self._identity,
+            context,
             self.config.max_manifest_bytes,
             self.config.exclude,
         )
+
+    def _identity(self, context: Any) -> str:
+        """The client's identity (puller.identity), read from `context`."""
+        raise NotImplementedError
 
 
 def _prometheus_route(metrics: PullMetrics) -> Route:

@@ -56,7 +56,7 @@ class PullStatsASGIMiddleware(Adapter):
         if isinstance(target, Router):
             await self._statistics(target, path, scope, receive, send)
             return
-        exchange = self.exchange(target, method, lambda: self._identity(scope))
+        exchange = self.exchange(target, method, scope)
 
         # Not a coroutine: it returns the server's own awaitable, so watching a message
         # costs no coroutine of ours, except for the last one (finishing_send).

@@ -43,6 +43,7 @@ class ManifestExchange:
 
     __slots__ = (
         "_client",
+        "_context",
         "_digest",
         "_exclude",
         "_hasher",
@@ -61,16 +62,20 @@ class ManifestExchange:
         recorder: Recorder,
         request: ManifestRequest,
         method: str,
-        client: Callable[[], str],
+        client: Callable[[Any], str],
+        context: Any,
         max_bytes: int,
         exclude: tuple[ExcludeRule, ...] = (),
     ) -> None:
         self._recorder = recorder
         self._request = request
         self._method = method
-        # The client's identity (puller.identity), a string: asked for only when
-        # attribution, unique pullers or exclusion rules need it.
+        # `client(context)`: the client's identity (puller.identity), read from the
+        # request (ASGI scope, WSGI environ) only when attribution, unique pullers or
+        # exclusion rules need it. A function and its argument rather than a closure:
+        # nothing is built per request for it.
         self._client = client
+        self._context = context
         self._exclude = exclude
         self._max_bytes = max_bytes
         self._status = 0
@@ -166,7 +171,7 @@ class ManifestExchange:
             digest, request = self._digest, self._request
             if digest is None:
                 return
-            if self._exclude and excluded(self._exclude, Client.of(self._client())):
+            if self._exclude and excluded(self._exclude, Client.of(self._client(self._context))):
                 if self._method == GET:  # a pull, but not a user's: no count, no date
                     self._recorder.add_excluded_pull()
                 return
@@ -176,7 +181,7 @@ class ManifestExchange:
                 if not request.by_digest:
                     self._recorder.add_attribution_event(
                         Resolution(
-                            self._client(),
+                            self._client(self._context),
                             request.repository,
                             request.reference,
                             digest,
@@ -186,10 +191,12 @@ class ManifestExchange:
             elif request.by_digest:
                 # A plain digest pull, unless this client just resolved a tag
                 # to this digest with a HEAD (containerd): the store pairs them.
-                event = DigestFetch(self._client(), request.repository, digest, time.time())
+                event = DigestFetch(
+                    self._client(self._context), request.repository, digest, time.time()
+                )
                 self._recorder.add_attribution_event(event)
             else:
-                client = self._client()  # a puller, for unique pullers per day
+                client = self._client(self._context)  # a puller, for unique pullers per day
                 self._recorder.add_tag_pull(request.repository, request.reference, digest, client)
             if self._index_body is not None:
                 children = _children(self._index_body)

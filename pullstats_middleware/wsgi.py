@@ -44,7 +44,7 @@ class PullStatsMiddleware(Adapter):
             return self.app(environ, start_response)
         if isinstance(target, Router):
             return self._statistics(target, path, environ, start_response)
-        exchange = self.exchange(target, method, lambda: self._identity(environ))
+        exchange = self.exchange(target, method, environ)
 
         def watching_start_response(
             status: str, headers: list[tuple[str, str]], exc_info: Any = None
