@@ -1,6 +1,7 @@
 """The in-process middleware under a real server: bare app against wrapped app.
 
-    python benchmarks/bench_server.py [--requests 20000] [--rounds 5] [--quick]
+    python benchmarks/bench_server.py [--rounds 15] [--requests 20000]
+        [--gunicorn-requests 8000] [--servers uvicorn,gunicorn] [--compare DIR] [--quick]
 
 Serves the Starlette example under uvicorn (one process, httptools, access log
 off) and the Flask example under gunicorn (sync workers), each as shipped
@@ -11,9 +12,14 @@ requests of each kind to each server: manifest GETs by tag, GETs by digest
 (h2load --h1: HTTP/1.1 keep-alive), HEADs by tag (a Python keep-alive client:
 h2load and wrk wait for a body after a HEAD), and a blob GET (not a manifest).
 The server's CPU per request is read from /proc/<pid>/stat (utime + stime of
-the server and its workers) before and after each run. Medians are printed,
-and the exact-count check of the Redis runs: the pulls the wrapped servers
-wrote (read after their SIGTERM) against the GETs they answered 200.
+the server and its workers) before and after each run. In each round the
+set-ups run back to back, so the added CPU is the median of the rounds'
+differences (with the middle half of them: on a shared machine one run can
+differ from the next by a third). Then the exact-count check of the Redis
+runs: the pulls each wrapped server wrote (read after its SIGTERM) against
+the GETs it answered 200. `--compare DIR` adds the wrapped example served
+with the pullstats_middleware package found in DIR (an older checkout, say)
+to the same rounds, counting into Redis database 1.
 Needs redis-server and h2load (nghttp2-client); asserts nothing.
 """
 
@@ -48,15 +54,24 @@ class Server:
     name: str
     base: str
     pid: int
-    wrapped: bool
-    cpu_us: dict[str, list[float]] = field(default_factory=dict)  # kind -> per round
+    store: str  # "" (bare), "redis" or "memory"
+    redis_url: str = ""  # where it counts, for the exact-count check
+    cpu_us: dict[str, list[float]] = field(default_factory=dict)  # kind -> one per round
     rate: dict[str, list[float]] = field(default_factory=dict)
     answered: dict[str, int] = field(default_factory=dict)  # kind -> 2xx answered
 
 
-def start(stack: ExitStack, kind: str, app: str, store: str | None, redis_url: str) -> Server:
+def start(
+    stack: ExitStack, kind: str, app: str, store: str, redis_url: str, tree: str = ""
+) -> Server:
+    """One server; `tree`: serve the pullstats_middleware package found there instead."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PULL_METRICS_", "USER_EV"))}
+    label = "wrapped, " + ("Redis" if store == "redis" else "memory store") if store else "bare"
+    if tree:
+        env["PYTHONPATH"] = tree
+        label += f" ({Path(tree).name})"
+        redis_url = redis_url.rsplit("/", 1)[0] + "/1"  # its own database, its own counts
     if store == "redis":
         env["PULL_METRICS_REDIS"] = redis_url
     if kind == "uvicorn":
@@ -71,8 +86,7 @@ def start(stack: ExitStack, kind: str, app: str, store: str | None, redis_url: s
             "-b", f"127.0.0.1:{port}", "--chdir", str(HERE), f"server_apps:{app}",
         ]  # fmt: skip
     proc = stack.enter_context(serve(command, f"http://127.0.0.1:{port}/v2/", env))
-    label = "wrapped, " + ("Redis" if store == "redis" else "memory store") if store else "bare"
-    return Server(label, f"http://127.0.0.1:{port}", proc.pid, store is not None)
+    return Server(label, f"http://127.0.0.1:{port}", proc.pid, store or "", redis_url)
 
 
 def paths(base: str) -> dict[str, str]:
@@ -101,42 +115,47 @@ def run(server: Server, kind: str, path: str, n: int, concurrency: int) -> None:
     server.answered[kind] = server.answered.get(kind, 0) + ok
 
 
-def measure(servers: list[Server], args: argparse.Namespace, concurrency: int) -> None:
+def measure(servers: list[Server], requests: int, rounds: int, concurrency: int) -> None:
     kinds = paths(servers[0].base)
     for server in servers:  # warm-up: imports, caches, the recorder's thread
         for kind, path in kinds.items():
             run(server, kind, path, 500, concurrency)
         server.cpu_us.clear()
         server.rate.clear()
-    for r in range(args.rounds):
-        # Alternate the order each round: the machine's load drifts.
-        order = servers if r % 2 == 0 else servers[::-1]
+    for r in range(rounds):
         for kind, path in kinds.items():
-            for server in order:
-                run(server, kind, path, args.requests, concurrency)
+            # The set-ups run back to back, each round starting with the next one: the
+            # machine's load drifts, and a pair of neighbours sees about the same.
+            k = r % len(servers)
+            for server in servers[k:] + servers[:k]:
+                run(server, kind, path, requests, concurrency)
                 print(".", end="", flush=True, file=sys.stderr)
 
 
-def table(title: str, servers: list[Server], check: list[str]) -> None:
+def added(server: Server, bare: Server, kind: str) -> str:
+    """The median of the rounds' differences (each round's pair ran back to back),
+    with the middle half of them."""
+    diffs = [w - b for w, b in zip(server.cpu_us[kind], bare.cpu_us[kind], strict=True)]
+    low, _, high = statistics.quantiles(diffs, n=4) if len(diffs) > 1 else diffs * 3
+    return f"{statistics.median(diffs):+.1f} µs ({low:+.1f} to {high:+.1f})"
+
+
+def table(title: str, servers: list[Server], check: list[str], uvicorn: bool) -> None:
     bare = servers[0]
     print(f"\n{title}")
-    head = ("request", "set-up", "CPU µs/request", "req/s", "added CPU", "target")
+    head = ("request", "set-up", "CPU µs/request", "req/s", "added CPU (middle half)", "target")
     rows = [head]
     for kind in bare.cpu_us:
-        base = statistics.median(bare.cpu_us[kind])
         for s in servers:
-            cpu = statistics.median(s.cpu_us[kind])
-            added = f"{cpu - base:+.1f} µs" if s.wrapped else ""
-            manifest = kind.startswith("manifest") and "uvicorn" in title and s.wrapped
-            target = f"≤ +{TARGET_ADDED_US:.0f} µs" if manifest else ""
+            manifest = kind.startswith("manifest") and uvicorn and s is not bare
             rows.append(
                 (
                     kind if s is bare else "",
                     s.name,
-                    f"{cpu:.1f}",
+                    f"{statistics.median(s.cpu_us[kind]):.1f}",
                     f"{statistics.median(s.rate[kind]):,.0f}",
-                    added,
-                    target,
+                    added(s, bare, kind) if s is not bare else "",
+                    f"≤ +{TARGET_ADDED_US:.0f} µs" if manifest else "",
                 )
             )
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
@@ -148,57 +167,68 @@ def table(title: str, servers: list[Server], check: list[str]) -> None:
         print(line)
 
 
-def counted(redis_url: str, prefix: str = "pull_metrics") -> tuple[int, int]:
-    client = redis.Redis.from_url(redis_url)
-    tag = client.hget(f"{prefix}/tag/{REPOSITORY}/{TAG}", "pull_count")
-    keys = client.keys(f"{prefix}/manifest/{REPOSITORY}/*")
+def counted(server: Server) -> str:
+    """What `server` wrote to Redis (read after its SIGTERM) against what it answered;
+    then its counts are deleted."""
+    client = redis.Redis.from_url(server.redis_url)
+    tag = int(client.hget(f"pull_metrics/tag/{REPOSITORY}/{TAG}", "pull_count") or 0)
+    keys = client.keys(f"pull_metrics/manifest/{REPOSITORY}/*")
     manifests = sum(int(client.hget(k, "pull_count") or 0) for k in keys)
+    get_tag = server.answered["manifest GET by tag"]
+    gets = get_tag + server.answered["manifest GET by digest"]
+    exact = tag == get_tag and manifests == gets
     client.flushdb()
-    return int(tag or 0), manifests
+    return (
+        f"{server.name}: {get_tag:,} GETs by tag answered, {tag:,} tag pulls counted; "
+        f"{gets:,} manifest GETs, {manifests:,} manifest pulls counted "
+        f"({'exact' if exact else 'NOT EXACT'}; warm-up included)"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=20_000, help="per run")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--requests", type=int, default=20_000, help="per run under uvicorn")
+    parser.add_argument("--gunicorn-requests", type=int, default=8_000, help="per run")
+    parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--servers", default="uvicorn,gunicorn")
+    parser.add_argument(
+        "--compare",
+        metavar="DIR",
+        default="",
+        help="also serve the wrapped example (Redis) with the pullstats_middleware package "
+        "in DIR (another version, say), in the same rounds",
+    )
     parser.add_argument("--quick", action="store_true", help="2 rounds of 2,000: a smoke run")
     args = parser.parse_args()
     if args.quick:
-        args.requests, args.rounds = 2_000, 2
+        args.requests = args.gunicorn_requests = 2_000
+        args.rounds = 2
     load = os.getloadavg()
     print(f"load average before: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; {os.cpu_count()} CPUs")
     apps = {
-        "uvicorn": ("Starlette example", "starlette", 32),
-        "gunicorn": ("Flask example, 2 sync workers", "flask", 8),
+        "uvicorn": ("Starlette example", "starlette", 32, args.requests),
+        "gunicorn": ("Flask example, 2 sync workers", "flask", 8, args.gunicorn_requests),
     }
     with RedisServer() as store:
         for kind in args.servers.split(","):
-            what, app, concurrency = apps[kind]
+            what, app, concurrency, requests = apps[kind]
             with ExitStack() as stack:
-                servers = [start(stack, kind, f"{app}_bare", None, store.url)]
+                servers = [start(stack, kind, f"{app}_bare", "", store.url)]
                 servers += [
                     start(stack, kind, f"{app}_wrapped", s, store.url) for s in ("redis", "memory")
                 ]
-                measure(servers, args, concurrency)
+                if args.compare:
+                    tree = str(Path(args.compare).resolve())
+                    servers.append(start(stack, kind, f"{app}_wrapped", "redis", store.url, tree))
+                measure(servers, requests, args.rounds, concurrency)
             # The servers have exited (SIGTERM): the wrapped ones flushed on the way out.
-            tag, manifests = counted(store.url)
-            redis_run = servers[1].answered
-            get_tag, get_digest = (
-                redis_run["manifest GET by tag"],
-                redis_run["manifest GET by digest"],
-            )
-            exact = tag == get_tag and manifests == get_tag + get_digest
-            check = [
-                f"Redis: {get_tag:,} GETs by tag answered, {tag:,} tag pulls counted; "
-                f"{get_tag + get_digest:,} manifest GETs, {manifests:,} manifest pulls counted"
-                f" ({'exact' if exact else 'NOT EXACT'}; warm-up included)"
-            ]
+            check = [counted(s) for s in servers if s.store == "redis"]
             title = (
-                f"{kind} ({what}, c={concurrency}): median of {args.rounds} interleaved rounds "
-                f"of {args.requests:,} requests; server CPU from /proc"
+                f"{kind} ({what}, c={concurrency}): {args.rounds} rounds of {requests:,} "
+                "requests per set-up and kind; server CPU (utime + stime) from /proc; "
+                "medians"
             )
-            table(title, servers, check)
+            table(title, servers, check, kind == "uvicorn")
     load = os.getloadavg()
     print(f"\nload average after: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
 
