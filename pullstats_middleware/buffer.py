@@ -133,27 +133,11 @@ class PullBuffer:
 
     def add_attribution_event(self, event: Resolution | DigestFetch) -> None:
         key = (event.client, event.repository, event.digest)
-        fetch = isinstance(event, DigestFetch)
         with self._lock:
             run = self._events.get(key)
-            if run is not None and _fold(run, event):
-                pass
-            elif self._full():
-                self.dropped_events += 1
-                self._warn(
-                    "events",
-                    "pull statistics buffer is full (%d keys); HEAD/GET pairing events are "
-                    "dropped (%d so far): some containerd tag pulls count as digest pulls",
-                    self.max_keys,
-                    self.dropped_events,
-                )
-            else:
-                self._event_count += 1
-                if run is None:
-                    self._events[key] = [event]
-                else:
-                    run.append(event)
-            if fetch:
+            if run is None or not _fold(run, event):
+                self._add_event(key, run, event)
+            if isinstance(event, DigestFetch):
                 # The fetched manifest counts whatever the pairing decides.
                 ts = event.ts
                 self._count_manifest(
@@ -161,6 +145,43 @@ class PullBuffer:
                 )
         if self._thread is None:
             self._start()
+
+    def add_digest_fetch(self, client: str, repository: str, digest: str) -> None:
+        """A GET of a manifest by digest: `add_attribution_event(DigestFetch(...))`, with
+        no event built when a run of GETs folds it (the same GET, again and again, is
+        what a busy registry serves most)."""
+        now = _now()
+        key = (client, repository, digest)
+        with self._lock:
+            run = self._events.get(key)
+            if run is None or not _fetch_folds(run):
+                self._add_event(key, run, DigestFetch(client, repository, digest, now))
+            self._count_manifest((repository, digest, int(now // 86400)), now, client)
+        if self._thread is None:
+            self._start()
+
+    def _add_event(
+        self,
+        key: tuple[str, str, str],
+        run: list[Resolution | DigestFetch] | None,
+        event: Resolution | DigestFetch,
+    ) -> None:
+        """Append `event` to its run, unless the buffer is full; the caller holds the lock."""
+        if self._full():
+            self.dropped_events += 1
+            self._warn(
+                "events",
+                "pull statistics buffer is full (%d keys); HEAD/GET pairing events are "
+                "dropped (%d so far): some containerd tag pulls count as digest pulls",
+                self.max_keys,
+                self.dropped_events,
+            )
+        else:
+            self._event_count += 1
+            if run is None:
+                self._events[key] = [event]
+            else:
+                run.append(event)
 
     def add_push(self, repository: str, tag: str, digest: str) -> None:
         """A manifest pushed by tag: the tag names `digest` from now on."""
@@ -235,16 +256,21 @@ def _fold(run: list[Resolution | DigestFetch], event: Resolution | DigestFetch) 
     it keeps the *last* HEAD. So in a run of repeats, a third GET changes nothing,
     and a HEAD that follows two HEADs of the same tag can take the second's place.
     """
+    if isinstance(event, DigestFetch):
+        return _fetch_folds(run)
     if len(run) < 2:
         return False
     last, before = run[-1], run[-2]
-    if isinstance(event, DigestFetch):
-        return isinstance(last, DigestFetch) and isinstance(before, DigestFetch)
     repeated = isinstance(last, Resolution) and isinstance(before, Resolution)
     if repeated and last.tag == event.tag == before.tag:  # type: ignore[union-attr]
         run[-1] = event
         return True
     return False
+
+
+def _fetch_folds(run: list[Resolution | DigestFetch]) -> bool:
+    """True when a GET added to `run` would fold: the run ends with two GETs."""
+    return len(run) >= 2 and isinstance(run[-1], DigestFetch) and isinstance(run[-2], DigestFetch)
 
 
 _now = time.time

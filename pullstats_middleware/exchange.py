@@ -20,7 +20,7 @@ from pullstats_middleware.config import ExcludeRule
 from pullstats_middleware.identity import Client, excluded
 from pullstats_middleware.matchers import ManifestRequest, is_digest
 from pullstats_middleware.recorder import Recorder
-from pullstats_middleware.store.base import DigestFetch, Resolution
+from pullstats_middleware.store.base import Resolution
 
 log = logging.getLogger("pullstats_middleware")
 
@@ -191,10 +191,8 @@ class ManifestExchange:
             elif request.by_digest:
                 # A plain digest pull, unless this client just resolved a tag
                 # to this digest with a HEAD (containerd): the store pairs them.
-                event = DigestFetch(
-                    self._client(self._context), request.repository, digest, time.time()
-                )
-                self._recorder.add_attribution_event(event)
+                client = self._client(self._context)
+                self._recorder.add_digest_fetch(client, request.repository, digest)
             else:
                 client = self._client(self._context)  # a puller, for unique pullers per day
                 self._recorder.add_tag_pull(request.repository, request.reference, digest, client)
