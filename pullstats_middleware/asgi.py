@@ -6,7 +6,6 @@ starlette_app.add_middleware(PullStatsASGIMiddleware, config=config)
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -58,21 +57,17 @@ class PullStatsASGIMiddleware(Adapter):
             return
         exchange = self.exchange(target, method, scope)
 
-        # Not a coroutine: it returns the server's own awaitable, so watching a message
-        # costs no coroutine of ours, except for the last one (finishing_send).
-        def watching_send(message: Message) -> Awaitable[None]:
+        async def watching_send(message: Message) -> None:
             if message["type"] == "http.response.body":
                 if exchange.wants_body:
                     exchange.body(message.get("body", b""))
+                await send(message)
                 if not message.get("more_body", False):
-                    return finishing_send(message)
-            elif message["type"] == "http.response.start":
+                    exchange.finish()  # only once the server took the body to its end
+                return
+            if message["type"] == "http.response.start":
                 exchange.start(message["status"], message.get("headers", ()))
-            return send(message)
-
-        async def finishing_send(message: Message) -> None:
             await send(message)
-            exchange.finish()  # only once the server took the body to its end
 
         await self.app(scope, receive, watching_send)
 
