@@ -12,7 +12,8 @@ requests of each kind to each server: manifest GETs by tag, GETs by digest
 (h2load --h1: HTTP/1.1 keep-alive), HEADs by tag (a Python keep-alive client:
 h2load and wrk wait for a body after a HEAD), and a blob GET (not a manifest).
 The server's CPU per request is read from /proc/<pid>/stat (utime + stime of
-the server and its workers) before and after each run. In each round the
+the server and its workers) before and after each run. The servers run on the
+last CPU (taskset), the load on the others, unless --no-pin. In each round the
 set-ups run back to back, so the added CPU is the median of the rounds'
 differences (with the middle half of them: on a shared machine one run can
 differ from the next by a third). Then the exact-count check of the Redis
@@ -29,6 +30,7 @@ import argparse
 import http.client
 import json
 import os
+import shutil
 import statistics
 import sys
 from collections.abc import Callable
@@ -62,7 +64,13 @@ class Server:
 
 
 def start(
-    stack: ExitStack, kind: str, app: str, store: str, redis_url: str, tree: str = ""
+    stack: ExitStack,
+    kind: str,
+    app: str,
+    store: str,
+    redis_url: str,
+    tree: str = "",
+    cpus: set[int] | None = None,
 ) -> Server:
     """One server; `tree`: serve the pullstats_middleware package found there instead."""
     port = free_port()
@@ -85,6 +93,8 @@ def start(
             sys.executable, "-m", "gunicorn", "-k", "sync", "-w", "2",
             "-b", f"127.0.0.1:{port}", "--chdir", str(HERE), f"server_apps:{app}",
         ]  # fmt: skip
+    if cpus:
+        command = ["taskset", "-c", ",".join(map(str, sorted(cpus))), *command]
     proc = stack.enter_context(serve(command, f"http://127.0.0.1:{port}/v2/", env))
     return Server(label, f"http://127.0.0.1:{port}", proc.pid, store or "", redis_url)
 
@@ -198,6 +208,12 @@ def main() -> None:
         help="also serve the wrapped example (Redis) with the pullstats_middleware package "
         "in DIR (another version, say), in the same rounds",
     )
+    parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="let the servers and the load share every CPU (default: the servers on the "
+        "last CPU, the load on the others)",
+    )
     parser.add_argument("--quick", action="store_true", help="2 rounds of 2,000: a smoke run")
     args = parser.parse_args()
     if args.quick:
@@ -210,16 +226,27 @@ def main() -> None:
         "gunicorn": ("Flask example, 2 sync workers", "flask", 8, args.gunicorn_requests),
     }
     with RedisServer() as store:
+        cpus = sorted(os.sched_getaffinity(0))
+        pinned = len(cpus) > 1 and not args.no_pin and shutil.which("taskset") is not None
+        server_cpus = {cpus[-1]} if pinned else None
+        if pinned:
+            # Each server gets a CPU of its own, the load (h2load, the HEAD client: this
+            # process's children) the others: run to run, far steadier figures.
+            os.sched_setaffinity(0, cpus[:-1])
+            print(f"servers on CPU {cpus[-1]}, load on CPU {','.join(map(str, cpus[:-1]))}")
         for kind in args.servers.split(","):
             what, app, concurrency, requests = apps[kind]
             with ExitStack() as stack:
-                servers = [start(stack, kind, f"{app}_bare", "", store.url)]
+                servers = [start(stack, kind, f"{app}_bare", "", store.url, cpus=server_cpus)]
                 servers += [
-                    start(stack, kind, f"{app}_wrapped", s, store.url) for s in ("redis", "memory")
+                    start(stack, kind, f"{app}_wrapped", s, store.url, cpus=server_cpus)
+                    for s in ("redis", "memory")
                 ]
                 if args.compare:
                     tree = str(Path(args.compare).resolve())
-                    servers.append(start(stack, kind, f"{app}_wrapped", "redis", store.url, tree))
+                    servers.append(
+                        start(stack, kind, f"{app}_wrapped", "redis", store.url, tree, server_cpus)
+                    )
                 measure(servers, requests, args.rounds, concurrency)
             # The servers have exited (SIGTERM): the wrapped ones flushed on the way out.
             check = [counted(s) for s in servers if s.store == "redis"]
