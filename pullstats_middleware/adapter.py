@@ -7,12 +7,11 @@ exchange and writes what it gets back; everything it decides with lives here.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from pullstats_middleware.config import ConfigError, PullStatsConfig
 from pullstats_middleware.exchange import ManifestExchange
-from pullstats_middleware.identity import Client
 from pullstats_middleware.matchers import ManifestRequest, OCIMatcher
 from pullstats_middleware.metrics import PullMetrics
 from pullstats_middleware.routes import ROUTES, Route, Router
@@ -84,19 +83,23 @@ class Adapter:
             log.exception("pull statistics: failed to look at a request; passing it through")
         return None
 
-    def exchange(
-        self, request: ManifestRequest, method: str, client: Callable[[], Client]
-    ) -> ManifestExchange:
-        """The watcher of one manifest response; `client` gives the client identity."""
+    def exchange(self, request: ManifestRequest, method: str, context: Any) -> ManifestExchange:
+        """The watcher of one manifest response; `context`: the request as the server
+        gave it (ASGI scope, WSGI environ), read for the client's identity if needed."""
         assert self.metrics is not None
         return ManifestExchange(
             self.metrics.recorder,
             request,
             method,
-            client,
+            self._identity,
+            context,
             self.config.max_manifest_bytes,
             self.config.exclude,
         )
+
+    def _identity(self, context: Any) -> str:
+        """The client's identity (puller.identity), read from `context`."""
+        raise NotImplementedError
 
 
 def _prometheus_route(metrics: PullMetrics) -> Route:

@@ -12,7 +12,8 @@ import anyio
 import anyio.to_thread
 
 from pullstats_middleware.adapter import Adapter
-from pullstats_middleware.identity import Client, client_address
+from pullstats_middleware.identity import client_address
+from pullstats_middleware.puller import identity
 from pullstats_middleware.routes import (
     Probe,
     ProbeAnswer,
@@ -54,7 +55,7 @@ class PullStatsASGIMiddleware(Adapter):
         if isinstance(target, Router):
             await self._statistics(target, path, scope, receive, send)
             return
-        exchange = self.exchange(target, method, lambda: self._client(scope))
+        exchange = self.exchange(target, method, scope)
 
         async def watching_send(message: Message) -> None:
             if message["type"] == "http.response.body":
@@ -62,7 +63,7 @@ class PullStatsASGIMiddleware(Adapter):
                     exchange.body(message.get("body", b""))
                 await send(message)
                 if not message.get("more_body", False):
-                    exchange.finish()
+                    exchange.finish()  # only once the server took the body to its end
                 return
             if message["type"] == "http.response.start":
                 exchange.start(message["status"], message.get("headers", ()))
@@ -85,15 +86,24 @@ class PullStatsASGIMiddleware(Adapter):
 
         return lifespan_send
 
-    def _client(self, scope: Scope) -> Client:
-        wanted = {b"x-forwarded-for": "", b"authorization": "", b"user-agent": ""}
+    def _identity(self, scope: Scope) -> str:
+        """The client's identity (puller.identity): built straight from the scope, since
+        every manifest pull asks for it."""
+        authorization = user_agent = forwarded = b""
         for name, value in scope.get("headers", ()):
-            if name in wanted:  # ASGI header names are lower-case
-                wanted[name] = value.decode("latin-1")
+            # ASGI header names are lower-case; the last of repeated headers wins.
+            if name == b"user-agent":
+                user_agent = value
+            elif name == b"authorization":
+                authorization = value
+            elif name == b"x-forwarded-for":
+                forwarded = value
         peer = scope.get("client")
-        forwarded = wanted[b"x-forwarded-for"]
-        address = client_address(peer[0] if peer else "", forwarded, self.config.trusted_proxies)
-        return Client(address, wanted[b"authorization"], wanted[b"user-agent"])
+        address = peer[0] if peer else ""
+        trusted = self.config.trusted_proxies
+        if trusted and forwarded:
+            address = client_address(address, forwarded.decode("latin-1"), trusted)
+        return identity(address, authorization.decode("latin-1"), user_agent.decode("latin-1"))
 
     async def _statistics(
         self, router: Router, path: str, scope: Scope, receive: Receive, send: Send

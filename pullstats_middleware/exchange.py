@@ -20,14 +20,15 @@ from pullstats_middleware.config import ExcludeRule
 from pullstats_middleware.identity import Client, excluded
 from pullstats_middleware.matchers import ManifestRequest, is_digest
 from pullstats_middleware.recorder import Recorder
-from pullstats_middleware.store.base import DigestFetch, Resolution
+from pullstats_middleware.store.base import Resolution
 
 log = logging.getLogger("pullstats_middleware")
 
 GET = "GET"
 PUT = "PUT"
-_DIGEST_HEADERS = ("docker-content-digest", b"docker-content-digest")
-_TYPE_HEADERS = ("content-type", b"content-type")
+_DIGEST_NAME, _TYPE_NAME = b"docker-content-digest", b"content-type"  # as ASGI sends them
+_DIGEST_HEADERS = ("docker-content-digest", _DIGEST_NAME)
+_TYPE_HEADERS = ("content-type", _TYPE_NAME)
 INDEX_TYPES = frozenset(
     (
         "application/vnd.oci.image.index.v1+json",
@@ -42,6 +43,7 @@ class ManifestExchange:
 
     __slots__ = (
         "_client",
+        "_context",
         "_digest",
         "_exclude",
         "_hasher",
@@ -52,6 +54,7 @@ class ManifestExchange:
         "_request",
         "_size",
         "_status",
+        "wants_body",
     )
 
     def __init__(
@@ -59,14 +62,20 @@ class ManifestExchange:
         recorder: Recorder,
         request: ManifestRequest,
         method: str,
-        client: Callable[[], Client],
+        client: Callable[[Any], str],
+        context: Any,
         max_bytes: int,
         exclude: tuple[ExcludeRule, ...] = (),
     ) -> None:
         self._recorder = recorder
         self._request = request
         self._method = method
-        self._client = client  # called only when attribution or exclusion needs it
+        # `client(context)`: the client's identity (puller.identity), read from the
+        # request (ASGI scope, WSGI environ) only when attribution, unique pullers or
+        # exclusion rules need it. A function and its argument rather than a closure:
+        # nothing is built per request for it.
+        self._client = client
+        self._context = context
         self._exclude = exclude
         self._max_bytes = max_bytes
         self._status = 0
@@ -74,11 +83,10 @@ class ManifestExchange:
         self._hasher: hashlib._Hash | None = None
         self._index_body: bytearray | None = None  # an index's body, to learn its children
         self._size = 0
-
-    @property
-    def wants_body(self) -> bool:
-        """True while the body must be seen: hashed to learn the digest, or an index read."""
-        return self._hasher is not None or self._index_body is not None
+        # True while the body must be seen: hashed to learn the digest, or an index read
+        # (`_hasher` or `_index_body` is set). An attribute, not a property: the adapters
+        # read it for every chunk of every manifest, where a property call costs more.
+        self.wants_body = False
 
     def abandon(self, why: str | None = None) -> None:
         """Count nothing for this exchange; `why`: log the exception being handled."""
@@ -86,6 +94,7 @@ class ManifestExchange:
             log.exception("pull statistics: failed to %s; not counted", why)
         self._status = 0
         self._hasher = self._index_body = None
+        self.wants_body = False
 
     def start(self, status: int | str, headers: Iterable[tuple[Any, Any]]) -> None:
         """The response began: an ASGI status and byte headers, or WSGI's `"200 OK"` and str."""
@@ -101,22 +110,30 @@ class ManifestExchange:
                 return  # a HEAD by digest: nothing to record
             digest = media_type = None
             for name, value in headers:
-                # The length tests first: most headers are skipped without lower().
+                # Most headers are skipped on their length alone. ASGI names come
+                # lower-case (bytes), WSGI names in any case (str).
                 size = len(name)
-                if size == 21 and name.lower() in _DIGEST_HEADERS:
-                    digest = _text(value).strip()
-                elif size == 12 and name.lower() in _TYPE_HEADERS:
-                    media_type = _text(value).partition(";")[0].strip().lower()
-            if get and media_type in INDEX_TYPES:
-                self._index_body = bytearray()
+                if size == 21:
+                    if name == _DIGEST_NAME or name.lower() in _DIGEST_HEADERS:
+                        digest = value
+                elif size == 12 and (name == _TYPE_NAME or name.lower() in _TYPE_HEADERS):
+                    media_type = value
+            if get and media_type is not None:
+                index = _index_types.get(media_type)
+                if index is None:
+                    index = _read_index_type(media_type)
+                if index:
+                    self._index_body = bytearray()
+                    self.wants_body = True
             if request.by_digest:
                 self._digest = request.reference
-            elif digest is not None and is_digest(digest):
-                self._digest = digest
+            elif digest is not None and (checked := _digests.get(digest) or _read_digest(digest)):
+                self._digest = checked
             elif get:
                 if digest is not None:
                     log.debug("ignoring malformed Docker-Content-Digest %r", digest)
                 self._hasher = hashlib.sha256()
+                self.wants_body = True
         except Exception:
             self.abandon("read a manifest response")
 
@@ -125,6 +142,7 @@ class ManifestExchange:
             self._size += len(chunk)
             if self._size > self._max_bytes:
                 self._index_body = None  # an index that large lists nothing we keep
+                self.wants_body = self._hasher is not None
                 if self._hasher is not None:
                     log.debug(
                         "manifest %s:%s is larger than %d bytes, without a digest header; "
@@ -153,7 +171,7 @@ class ManifestExchange:
             digest, request = self._digest, self._request
             if digest is None:
                 return
-            if self._exclude and excluded(self._exclude, self._client()):
+            if self._exclude and excluded(self._exclude, Client.of(self._client(self._context))):
                 if self._method == GET:  # a pull, but not a user's: no count, no date
                     self._recorder.add_excluded_pull()
                 return
@@ -163,7 +181,7 @@ class ManifestExchange:
                 if not request.by_digest:
                     self._recorder.add_attribution_event(
                         Resolution(
-                            self._client().identity,
+                            self._client(self._context),
                             request.repository,
                             request.reference,
                             digest,
@@ -173,12 +191,10 @@ class ManifestExchange:
             elif request.by_digest:
                 # A plain digest pull, unless this client just resolved a tag
                 # to this digest with a HEAD (containerd): the store pairs them.
-                event = DigestFetch(
-                    self._client().identity, request.repository, digest, time.time()
-                )
-                self._recorder.add_attribution_event(event)
+                client = self._client(self._context)
+                self._recorder.add_digest_fetch(client, request.repository, digest)
             else:
-                client = self._client().identity  # a puller, for unique pullers per day
+                client = self._client(self._context)  # a puller, for unique pullers per day
                 self._recorder.add_tag_pull(request.repository, request.reference, digest, client)
             if self._index_body is not None:
                 children = _children(self._index_body)
@@ -190,6 +206,39 @@ class ManifestExchange:
 
 def _text(value: str | bytes) -> str:
     return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+# A registry answers with the same few digests and media types again and again:
+# reading one from its header (decode, strip, a regex) costs about a microsecond, a
+# dict hit a few dozen nanoseconds. As in the matcher's cache, a full cache is
+# cleared, and only short values are kept: together they hold at most ~2 MB.
+_CACHE_SIZE = 4096
+_CACHED_LENGTH = 256
+_digests: dict[str | bytes, str] = {}  # Docker-Content-Digest value -> a valid digest
+_index_types: dict[str | bytes, bool] = {}  # Content-Type value -> names an image index
+
+
+def _read_digest(value: str | bytes) -> str | None:
+    """The digest a `Docker-Content-Digest` value names; None when it names none."""
+    digest = _text(value).strip()
+    if not is_digest(digest):
+        return None
+    _remember(_digests, value, digest)
+    return digest
+
+
+def _read_index_type(value: str | bytes) -> bool:
+    """True when a `Content-Type` value names an image index (a manifest list)."""
+    index = _text(value).partition(";")[0].strip().lower() in INDEX_TYPES
+    _remember(_index_types, value, index)
+    return index
+
+
+def _remember(cache: dict[str | bytes, Any], value: str | bytes, meaning: Any) -> None:
+    if len(value) <= _CACHED_LENGTH:
+        if len(cache) >= _CACHE_SIZE:
+            cache.clear()  # safe under concurrent readers, unlike evicting one
+        cache[value] = meaning
 
 
 def _children(body: bytes | bytearray) -> tuple[str, ...]:

@@ -29,6 +29,14 @@ class Client(NamedTuple):
         """What pairs a HEAD with its GET: address, credentials and user agent."""
         return identity(self.address, self.authorization, self.user_agent)
 
+    @classmethod
+    def of(cls, identity: str) -> Client:
+        """The client whose `identity` this is: its parts never hold a newline (no
+        HTTP header value can), so the identity splits back into them."""
+        address, _, rest = identity.partition("\n")
+        authorization, _, user_agent = rest.partition("\n")
+        return cls(address, authorization, user_agent)
+
 
 def client_address(peer: str, forwarded_for: str | None, trusted: Sequence[IPNetwork]) -> str:
     """The address of the client, walking `X-Forwarded-For` back through trusted proxies.

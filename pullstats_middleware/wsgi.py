@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from pullstats_middleware.adapter import Adapter
 from pullstats_middleware.exchange import ManifestExchange
-from pullstats_middleware.identity import Client, client_address
+from pullstats_middleware.identity import client_address
+from pullstats_middleware.puller import identity
 from pullstats_middleware.routes import (
     Probe,
     ProbeAnswer,
@@ -43,7 +44,7 @@ class PullStatsMiddleware(Adapter):
             return self.app(environ, start_response)
         if isinstance(target, Router):
             return self._statistics(target, path, environ, start_response)
-        exchange = self.exchange(target, method, lambda: self._client(environ))
+        exchange = self.exchange(target, method, environ)
 
         def watching_start_response(
             status: str, headers: list[tuple[str, str]], exc_info: Any = None
@@ -53,10 +54,11 @@ class PullStatsMiddleware(Adapter):
 
         return _WatchedBody(self.app(environ, watching_start_response), exchange)
 
-    def _client(self, environ: WSGIEnvironment) -> Client:
+    def _identity(self, environ: WSGIEnvironment) -> str:
+        """The client's identity (puller.identity)."""
         peer, forwarded = environ.get("REMOTE_ADDR", ""), environ.get("HTTP_X_FORWARDED_FOR")
         address = client_address(peer, forwarded, self.config.trusted_proxies)
-        return Client(
+        return identity(
             address, environ.get("HTTP_AUTHORIZATION", ""), environ.get("HTTP_USER_AGENT", "")
         )
 

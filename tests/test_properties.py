@@ -28,6 +28,7 @@ from pullstats_middleware import (
 from pullstats_middleware.buffer import _fold
 from pullstats_middleware.matchers import OCIMatcher, is_digest, validate_repository
 from pullstats_middleware.matchers.oci import MAX_DIGEST_LENGTH, MAX_REPOSITORY_LENGTH
+from pullstats_middleware.recorder import Recorder
 from pullstats_middleware.routes import ROUTES, Request, Response, RouteCall, RouteError, Router
 from pullstats_middleware.routes.history import date_range
 from pullstats_middleware.store import DigestFetch, MemoryStore, RedisStore, Resolution
@@ -290,3 +291,25 @@ def test_folding_events_keeps_the_store_result(
         store.apply(Batch("b", "p", attribution_events=list(sequence)), window=window, skew=1.0)
         results.append([store.read_tag("r", tag) for tag in ("v1", "v2")])
     assert results[0] == results[1]
+
+
+@FAST
+@given(EVENTS)
+def test_a_digest_fetch_buffers_what_its_event_would(events: list[tuple[str, float]]) -> None:
+    """add_digest_fetch() skips building the events a run folds: the buffer it leaves
+    holds the same runs and counts as add_attribution_event(DigestFetch(...)) would."""
+    buffers = []
+    for fast in (True, False):
+        recorder = Recorder(MemoryStore(), flush_interval=3600)
+        for kind, _gap in events:
+            if kind != "g":
+                recorder.add_attribution_event(Resolution("c", "r", kind[2:], SHA, 1000.0))
+            elif fast:
+                recorder.add_digest_fetch("c", "r", SHA)
+            else:
+                recorder.add_attribution_event(DigestFetch("c", "r", SHA, 1000.0))
+        _tags, manifests, taken, _indexes, _pushes = recorder._take_buffer()
+        recorder.close()
+        runs = [(type(e).__name__, getattr(e, "tag", None)) for e in taken]
+        buffers.append((runs, [(entry[0], entry[2]) for entry in manifests.values()]))
+    assert buffers[0] == buffers[1]
