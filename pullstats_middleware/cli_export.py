@@ -111,7 +111,7 @@ def run_export(args: argparse.Namespace, config: PullStatsConfig) -> int:
         except StartupError as exc:
             raise ExportError(f"{exc} (--sql-only exports the database alone)") from None
     from pullstats_middleware.durable import Database
-    from pullstats_middleware.durable.export import COLUMNS, Selection, count, read_pending, rows
+    from pullstats_middleware.durable.export import COLUMNS, Selection, count, rows
     from pullstats_middleware.store import StoreDataError, StoreUnavailable, redis_store
 
     selection = Selection(args.kind, args.repository, args.since, args.until)
@@ -130,11 +130,10 @@ def run_export(args: argparse.Namespace, config: PullStatsConfig) -> int:
             _sigterm_raises(),
             export_output.output(target) as out,
             export_output.progress(show, lambda: count(database, selection)) as advance,
+            # Redis first, then SQL, as the routes read them (durable/reads.py).
+            closing(rows(database, selection, store)) as stream,
         ):
-            # Redis first, then SQL: a claim committed in between is seen as committed.
-            pending = read_pending(store, selection) if store is not None else None
-            with closing(rows(database, selection, pending)) as stream:
-                export_output.write_rows(out, args.format, COLUMNS[args.kind], stream, advance)
+            export_output.write_rows(out, args.format, COLUMNS[args.kind], stream, advance)
     except StoreUnavailable as exc:
         raise ExportError(f"cannot read the statistics: {one_line(exc)}{_kept(target)}") from None
     except StoreDataError as exc:

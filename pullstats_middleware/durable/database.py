@@ -102,14 +102,22 @@ class Database:
             with self.engine.connect() as connection, connection.begin():
                 if repeatable and self.dialect == "postgresql":
                     connection.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                elif repeatable and self.dialect == "sqlite":
+                    # pysqlite begins no transaction for a SELECT: without one, each query
+                    # would read its own moment. WAL keeps the first one's for all.
+                    connection.exec_driver_sql("BEGIN")
                 yield connection
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"the database: {type(exc).__name__}: {exc.args[0]}") from exc
 
     @staticmethod
-    def committed(connection: Connection, claim_ids: Iterable[str]) -> set[str]:
+    def committed(
+        connection: Connection, claim_ids: Iterable[str], *, fix_snapshot: bool = False
+    ) -> set[str]:
+        """Which of `claim_ids` SQL has; `fix_snapshot`: ask even for none, so that the
+        snapshot is taken (by a transaction's first statement) before this returns."""
         ids = list(claim_ids)
-        if not ids:
+        if not ids and not fix_snapshot:
             return set()
         found = connection.execute(
             select(flush_claims.c.claim_id).where(flush_claims.c.claim_id.in_(ids))

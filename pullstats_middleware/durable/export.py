@@ -2,24 +2,26 @@
 
 The rows come from one read transaction through a server-side cursor (PostgreSQL;
 SQLite's cursor steps its statement as rows are fetched), `yield_per` at a time,
-so memory stays flat whatever the table's size. With `pending` (what Redis still
-holds, from `read_pending`) each row is merged as the statistics routes merge it:
-SQL, plus the live records, plus the claims SQL has not committed. Those extra
-records are held in memory: as many as Redis holds unflushed, not the table.
+so memory stays flat whatever the table's size. With a `store`, what Redis still
+holds is read first (`read_pending`) and each row merged as the statistics routes
+merge it (reads.py): SQL, plus the live records, plus the claims SQL has not
+committed. Those extra records are held in memory: as many as Redis holds
+unflushed, not the table.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import RedisError
-from sqlalchemy import Select, String, func, literal_column, select
+from sqlalchemy import Connection, Select, String, func, literal_column, select
 
 from pullstats_middleware.durable.database import Database
 from pullstats_middleware.durable.hyperloglog import Sketch
+from pullstats_middleware.durable.reads import TRIES, settled
 from pullstats_middleware.durable.schema import manifest_daily, manifest_pulls, tag_daily, tag_pulls
 from pullstats_middleware.durable.writes import sketch
 from pullstats_middleware.store import RedisClusterStore, RedisStore, StoreUnavailable
@@ -111,55 +113,69 @@ def count(database: Database, selection: Selection) -> int:
 def rows(
     database: Database,
     selection: Selection,
-    pending: Pending | None = None,
+    store: RedisStore | RedisClusterStore | None = None,
     *,
     yield_per: int = 5000,
 ) -> Generator[Sequence[Any], None, None]:
     """The selection's rows, in `COLUMNS[selection.kind]` order: SQL's in primary-key
-    order, each merged with what `pending` holds of it; then, per table, the records
-    only `pending` holds, sorted."""
-    claims = pending.claims if pending is not None else {}
-    with database.snapshot() as connection:
-        if database.dialect == "sqlite":
-            # pysqlite begins no transaction for a SELECT: begin one, so the claims check
-            # and every query read one snapshot, as PostgreSQL's REPEATABLE READ does.
-            connection.exec_driver_sql("BEGIN")
-        committed = database.committed(connection, claims)
-        unflushed = _unflushed(pending, committed) if pending is not None else {}
-        stream = connection.execution_options(stream_results=True, yield_per=yield_per)
-        for kind, query in _queries(selection):
-            held = unflushed.get(kind, {})
-            result = stream.execute(query)
-            if selection.kind == "history":  # the sketch of pullers becomes its estimate
-                days, seen = _days(held, selection), _pullers(held, selection)
-                for row in result:
-                    day = (row[0], row[2], row[3])
-                    extra, more = days.pop(day, 0), seen.pop(day, ())
-                    pullers = sketch(row[5], (kind, *day)).update(more).estimate()
-                    yield (*row[:4], row[4] + extra, pullers)
-                for (r, n, d), c in sorted(days.items()):
-                    yield r, kind, n, d, c, Sketch().update(seen.get((r, n, d), ())).estimate()
-                continue
-            if not held:  # the usual case right after a flush: rows as they come
-                yield from result
-                continue
+    order, each merged with what `store` holds of it; then, per table, the records
+    only the store holds, sorted."""
+    for _ in range(TRIES):
+        keys, pending = read_pending(store, selection) if store is not None else ([], None)
+        with database.snapshot() as connection:
+            claims = pending.claims if pending is not None else {}
+            # This statement fixes the snapshot; then the claim counter is compared.
+            committed = database.committed(connection, claims, fix_snapshot=True)
+            if pending is not None and store is not None and not settled(store, keys, pending):
+                continue  # nothing yielded yet: read both again
+            unflushed = _unflushed(pending, committed) if pending is not None else {}
+            yield from _stream(database, connection, selection, unflushed, yield_per)
+            return
+    raise StoreUnavailable(f"the flush worker claimed records during {TRIES} reads in a row")
+
+
+def _stream(
+    database: Database,
+    connection: Connection,
+    selection: Selection,
+    unflushed: dict[str, Held],
+    yield_per: int,
+) -> Iterator[Sequence[Any]]:
+    """The selection's rows from one snapshot, merged with `unflushed`."""
+    stream = connection.execution_options(stream_results=True, yield_per=yield_per)
+    for kind, query in _queries(selection):
+        held = unflushed.get(kind, {})
+        result = stream.execute(query)
+        if selection.kind == "history":  # the sketch of pullers becomes its estimate
+            days, seen = _days(held, selection), _pullers(held, selection)
             for row in result:
-                parts = held.pop((row[0], row[1]), None)
-                if parts is None:
-                    yield row
-                    continue
-                merged = _merge(kind, row[0], row[1], [_delta(kind, row), *parts])
-                if selection.pulled_in_range(merged[3]):
-                    yield merged
-            # Records SQL did not return: new, or (with dates) filtered out before merging.
-            keys = [RecordKey(kind, r, n) for r, n in sorted(held)]
-            known = database.totals(connection, keys) if selection.since or selection.until else {}
-            for key in keys:
-                own = known.get(key)
-                parts = [*([own] if own else []), *held[key.repository, key.name]]
-                merged = _merge(kind, key.repository, key.name, parts)
-                if selection.pulled_in_range(merged[3]):
-                    yield merged
+                day = (row[0], row[2], row[3])
+                extra, more = days.pop(day, 0), seen.pop(day, ())
+                pullers = sketch(row[5], (kind, *day)).update(more).estimate()
+                yield (*row[:4], row[4] + extra, pullers)
+            for (r, n, d), c in sorted(days.items()):
+                yield r, kind, n, d, c, Sketch().update(seen.get((r, n, d), ())).estimate()
+            continue
+        if not held:  # the usual case right after a flush: rows as they come
+            yield from result
+            continue
+        for row in result:
+            parts = held.pop((row[0], row[1]), None)
+            if parts is None:
+                yield row
+                continue
+            merged = _merge(kind, row[0], row[1], [_delta(kind, row), *parts])
+            if selection.pulled_in_range(merged[3]):
+                yield merged
+        # Records SQL did not return: new, or (with dates) filtered out before merging.
+        keys = [RecordKey(kind, r, n) for r, n in sorted(held)]
+        known = database.totals(connection, keys) if selection.since or selection.until else {}
+        for key in keys:
+            own = known.get(key)
+            parts = [*([own] if own else []), *held[key.repository, key.name]]
+            merged = _merge(kind, key.repository, key.name, parts)
+            if selection.pulled_in_range(merged[3]):
+                yield merged
 
 
 Held = dict[tuple[str, str], list[Delta]]
@@ -216,19 +232,22 @@ def _merge(kind: str, repository: str, name: str, parts: list[Delta]) -> tuple[A
 
 def read_pending(
     store: RedisStore | RedisClusterStore, selection: Selection, *, chunk: int = 1000
-) -> Pending:
-    """What Redis holds of the selection's records, read first (before SQL) as the routes
-    read it: `pending.lua`, atomic per key, `chunk` keys a call so Redis is never
-    blocked long. An export of one repository scans only that repository's keys."""
+) -> tuple[list[RecordKey], Pending]:
+    """The keys of the selection's records Redis holds, and what it holds of them, read
+    first (before SQL) as the routes read it: `pending.lua`, atomic per key, `chunk`
+    keys a call so Redis is never blocked long; the claim counter as the first call
+    saw it. An export of one repository scans only that repository's keys."""
     keys = sorted(_held_keys(store, RECORD_KINDS[selection.kind], selection.repository))
     live: dict[RecordKey, Delta] = {}
     claims: dict[str, dict[RecordKey, Delta]] = {}
+    made: object = None
     for start in range(0, len(keys), chunk):
         part = store.pending(keys[start : start + chunk])
+        made = part.made if start == 0 else made
         live.update(part.live)
         for claim_id, deltas in part.claims.items():
             claims.setdefault(claim_id, {}).update(deltas)
-    return Pending(live, claims)
+    return keys, Pending(live, claims, made)
 
 
 def _held_keys(

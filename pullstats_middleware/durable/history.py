@@ -14,10 +14,11 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select
 
 from pullstats_middleware.durable.database import Database
 from pullstats_middleware.durable.hyperloglog import Sketch
+from pullstats_middleware.durable.reads import read_through
 from pullstats_middleware.durable.schema import manifest_daily, tag_daily
 from pullstats_middleware.durable.writes import sketch
 from pullstats_middleware.store.pending import ClaimStore, Delta, Pending, RecordKey
@@ -93,11 +94,11 @@ def _unflushed(pending: Pending, committed: set[str], key: RecordKey) -> list[De
 def daily(
     store: ClaimStore, database: Database, key: RecordKey, start: dt.date, end: dt.date
 ) -> History:
-    pending = store.pending([key])
     table = tag_daily if key.kind == "tag" else manifest_daily
     name = table.c.tag if key.kind == "tag" else table.c.digest
-    days = _Days(start, end)
-    with database.snapshot() as connection:
+
+    def read(connection: Connection, pending: Pending) -> tuple[_Days, set[str]]:
+        days = _Days(start, end)
         rows = connection.execute(
             select(table.c.day, table.c.pull_count, table.c.pullers).where(
                 table.c.repository == key.repository,
@@ -108,7 +109,9 @@ def daily(
         )
         for day, count, blob in rows:
             days.add_row(day, count, blob, (*key, day))
-        committed = database.committed(connection, pending.claims)
+        return days, database.committed(connection, pending.claims)
+
+    pending, (days, committed) = read_through(store, database, [key], read)
     days.add_parts(_unflushed(pending, committed, key))
     return History(
         [Day(day, days.counts.get(day, 0), days.pullers(day)) for day in days.dates],
@@ -126,10 +129,10 @@ def repository_daily(
         RecordKey("manifest", repository, n) for n in sorted(store.held("manifest", repository))
     ]
     tags = [RecordKey("tag", repository, n) for n in sorted(store.held("tag", repository))]
-    pending = store.pending(manifests + tags)
-    pulls, by_tag = _Days(start, end), _Days(start, end)
     m, t = manifest_daily.c, tag_daily.c
-    with database.snapshot() as connection:
+
+    def read(connection: Connection, pending: Pending) -> tuple[_Days, _Days, set[str]]:
+        pulls, by_tag = _Days(start, end), _Days(start, end)
         rows = connection.execute(
             select(m.digest, m.day, m.pull_count, m.pullers).where(
                 m.repository == repository, m.day >= pulls.first, m.day <= pulls.last
@@ -144,7 +147,9 @@ def repository_daily(
         )
         for day, count in sums:
             by_tag.add_row(day, count, None, None)
-        committed = database.committed(connection, pending.claims)
+        return pulls, by_tag, database.committed(connection, pending.claims)
+
+    pending, (pulls, by_tag, committed) = read_through(store, database, manifests + tags, read)
     for key in manifests:
         pulls.add_parts(_unflushed(pending, committed, key))
     for key in tags:

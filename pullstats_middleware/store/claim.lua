@@ -6,16 +6,18 @@
 -- SQL together with its id, in one transaction, and only then releases it here.
 -- A key that holds something other than a hash is left where it is.
 --
--- KEYS[1] {prefix}/dirty, KEYS[2] {prefix}/claims, KEYS[3] {prefix}/claim/{id}
+-- KEYS[1] {prefix}/dirty, KEYS[2] {prefix}/claims, KEYS[3] {prefix}/claim/{id},
+-- KEYS[4] {prefix}/claims_made: a counter of claims, which readers compare before and
+-- after their SQL read (pending.lua, durable/reads.py).
 -- Returns what it claimed, {key: fields}, as JSON: the worker needs no second read.
 --
 -- In a Redis Cluster (ARGV[3] 'declared') the three are the repository's own, and a
 -- script may touch only the keys it is given: the caller picks up to ARGV[2] of the
--- set's members (KEYS[4..]), and those still in the set are claimed.
+-- set's members (KEYS[5..]), and those still in the set are claimed.
 local keys
 if ARGV[3] == 'declared' then
   keys = {}
-  for n = 4, #KEYS do
+  for n = 5, #KEYS do
     if redis.call('SREM', KEYS[1], KEYS[n]) == 1 then table.insert(keys, KEYS[n]) end
   end
 else
@@ -37,4 +39,5 @@ for _, key in ipairs(keys) do
 end
 if n == 0 then return '{}' end
 redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('INCR', KEYS[4])
 return cjson.encode(claimed)

@@ -92,7 +92,7 @@ class RedisClusterStore(RedisRecords):
         return f"{self.prefix}/{family}/{{{repository}}}/{client}/{digest}"
 
     def repository_key(self, family: str, repository: str) -> str:
-        """`held`, `claims`: one per repository."""
+        """`held`, `claims`, `claims_made`: one per repository."""
         return f"{self.prefix}/{family}/{{{repository}}}"
 
     def record_key(self, key: str) -> RecordKey:
@@ -129,6 +129,9 @@ class RedisClusterStore(RedisRecords):
 
     def pending(self, keys: list[RecordKey]) -> Pending:
         return self.claims.pending(keys)
+
+    def claims_made(self, keys: list[RecordKey]) -> object:
+        return self.claims.claims_made(keys)
 
     def close(self) -> None:
         if self._client is not None:

@@ -85,7 +85,8 @@ class ClusterClaims:
                 self._retire(repository)
                 continue
             keys = [held, self._repository_key("claims", repository)]
-            keys += [self._claim_key(repository, claim_id), *map(_text, candidates)]
+            keys += [self._claim_key(repository, claim_id)]
+            keys += [self._repository_key("claims_made", repository), *map(_text, candidates)]
             reply = self.store.calls.run(
                 [SlotCall(self._claim, keys, [claim_id, limit, "declared"])], wait=True
             )[0]
@@ -158,10 +159,12 @@ class ClusterClaims:
             names = by_repository[repository]
             expected = [self._claim_key(repository, i) for i in self._open.get(repository, ())]
             prefix = self._claim_key(repository, "")
-            call_keys = [self._repository_key("claims", repository), *names, *expected]
+            call_keys = [self._repository_key("claims", repository)]
+            call_keys += [self._repository_key("claims_made", repository), *names, *expected]
             calls.append(SlotCall(self._pending, call_keys, [prefix, len(names), "1"]))
         live: dict[RecordKey, Delta] = {}
         claims: dict[str, dict[RecordKey, Delta]] = {}
+        made: dict[str, int] = {}
         for _ in range(8):
             again = []
             for repository, call, reply in zip(
@@ -173,6 +176,7 @@ class ClusterClaims:
                     again.append((repository, call))
                     continue
                 found = data["claims"] or {}
+                made[repository] = data["made"]
                 if found:
                     self._open[repository] = sorted(found)
                 else:
@@ -185,9 +189,17 @@ class ClusterClaims:
                         for k, v in deltas.items()
                     )
             if not again:
-                return Pending(live, claims)
+                return Pending(live, claims, made)
             repositories, calls = [r for r, _ in again], [c for _, c in again]
         raise StoreUnavailable("claims kept opening while reading; try again")
+
+    def claims_made(self, keys: list[RecordKey]) -> object:
+        repositories = sorted({record.repository for record in keys})
+        pipe = self.client.pipeline()  # type: ignore[no-untyped-call]
+        for repository in repositories:
+            pipe.get(self._repository_key("claims_made", repository))
+        counts = self._redis(pipe.execute)
+        return {r: int(n or 0) for r, n in zip(repositories, counts, strict=True)}
 
     def held(self, kind: str, repository: str) -> set[str]:
         head = f"{self.store.prefix}/{kind}/{{{repository}}}/"

@@ -54,6 +54,7 @@ class MemoryStore:
         self._pullers: dict[RecordKey, dict[str, set[str]]] = {}  # day -> puller hashes
         self._dirty: set[RecordKey] = set()
         self._claims: dict[str, list[Delta]] = {}
+        self._claims_made = 0
         self.pairs_made = 0  # HEAD + GET pairs made into tag pulls, as RedisStore counts
 
     def apply(self, batch: Batch, *, window: float, skew: float) -> list[str]:
@@ -221,6 +222,7 @@ class MemoryStore:
                 self._pullers.pop(key, None)
             if deltas:
                 self._claims[claim_id] = deltas
+                self._claims_made += 1
             return Claim(claim_id, deltas)
 
     def open_claims(self) -> list[Claim]:
@@ -238,7 +240,12 @@ class MemoryStore:
                 claim_id: {d.key: d for d in deltas if d.key in keys}
                 for claim_id, deltas in self._claims.items()
             }
-            return Pending(live, {cid: found for cid, found in claims.items() if found})
+            found = {cid: found for cid, found in claims.items() if found}
+            return Pending(live, found, self._claims_made)
+
+    def claims_made(self, keys: list[RecordKey]) -> object:
+        with self._lock:
+            return self._claims_made
 
     def read_tag(self, repository: str, tag: str) -> TagRecord:
         with self._lock:

@@ -69,6 +69,7 @@ class Claim(NamedTuple):
 class Pending(NamedTuple):
     live: dict[RecordKey, Delta]
     claims: dict[str, dict[RecordKey, Delta]]  # open claim id -> its deltas for the keys asked
+    made: object = None  # claims made so far, as `ClaimStore.claims_made` answers
 
 
 class ClaimStore(Protocol):
@@ -83,6 +84,11 @@ class ClaimStore(Protocol):
     def release(self, claim_id: str) -> None: ...
 
     def pending(self, keys: list[RecordKey]) -> Pending: ...
+
+    def claims_made(self, keys: list[RecordKey]) -> object:
+        """How many claims were made so far (of `keys`' repositories, where claims are
+        per repository); equal answers: no claim was made in between."""
+        ...
 
     def held(self, kind: str, repository: str) -> set[str]:
         """Names of `kind` records of `repository` the store holds, live or claimed."""

@@ -86,6 +86,7 @@ class RedisStore(RedisRecords):
 
     def claim(self, claim_id: str, limit: int) -> Claim:
         keys = [f"{self.prefix}/dirty", f"{self.prefix}/claims", f"{self.prefix}/claim/{claim_id}"]
+        keys.append(f"{self.prefix}/claims_made")
         claimed = json.loads(self._claim(keys=keys, args=[claim_id, limit]))
         where = f"claim {claim_id}"
         return Claim(claim_id, [self._delta(key, fields, where) for key, fields in claimed.items()])
@@ -112,7 +113,8 @@ class RedisStore(RedisRecords):
         names = [self._key(record) for record in keys]
         try:
             reply = self._pending(
-                keys=[f"{self.prefix}/claims", *names], args=[f"{self.prefix}/claim/"]
+                keys=[f"{self.prefix}/claims", f"{self.prefix}/claims_made", *names],
+                args=[f"{self.prefix}/claim/"],
             )
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
@@ -128,7 +130,13 @@ class RedisStore(RedisRecords):
             }
             for claim_id, deltas in (data["claims"] or {}).items()
         }
-        return Pending(live, claims)
+        return Pending(live, claims, data["made"])
+
+    def claims_made(self, keys: list[RecordKey]) -> object:
+        try:
+            return int(self.client.get(f"{self.prefix}/claims_made") or 0)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     def _delta(self, key: str, fields: dict[str, Any], where: str) -> Delta:
         return Delta.from_fields(self.record_key(key), fields, where)

@@ -166,6 +166,9 @@ def test_workers_count_exactly_and_flush_when_the_master_is_terminated(
 ) -> None:
     prefix = proxy.extra_env["PULL_METRICS_KEY_PREFIX"]
     assert proxy.pid is not None and proxy.process is not None
+    # The master listens at once; a client that connects before the other workers
+    # accept would leave them idle, and the spread below would test the start-up race.
+    wait_for_log(proxy, "Application startup complete.", 3)
     with Pullers(proxy.url) as pullers:
         pullers.wait_for(600)
         workers = descendants(proxy.pid)
