@@ -21,8 +21,9 @@ from tests.redis_cluster import ClusterNode
 # The commands our scripts run, all with their one key first.
 KEYED = {
     *("GET", "SET", "DEL", "EXISTS", "EXPIRE", "HMGET", "HGET", "HSET", "HINCRBY"),
-    *("HEXISTS", "HGETALL", "HKEYS", "SADD", "SREM", "SCARD", "SMEMBERS", "SPOP"),
+    *("HEXISTS", "HGETALL", "HKEYS", "SADD", "SREM", "SCARD", "SMEMBERS", "SPOP", "INCR"),
 }
+MULTI_KEY = {"DEL"}  # every argument a key
 
 
 class ScriptWatch:
@@ -78,8 +79,9 @@ class ScriptWatch:
                     given = set(args[3 : 3 + int(args[2])])
                 continue
             self.commands += 1
-            if args[0].upper() not in KEYED or args[1] not in given:
-                self.undeclared.append((args[0], args[1:2]))
+            named = args[1:] if args[0].upper() in MULTI_KEY else args[1:2]
+            if args[0].upper() not in KEYED or not set(named) <= given:
+                self.undeclared.append((args[0], named))
 
 
 def _parse(monitor: Monitor, raw: Any) -> tuple[str, list[str]]:

@@ -21,6 +21,7 @@ import logging
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 from pullstats_middleware.durable.database import Database
 from pullstats_middleware.store.pending import Claim, ClaimStore
@@ -56,17 +57,29 @@ class Flusher:
         return len(claims)
 
     def flush(self) -> int:
-        """One whole cycle; the number of records moved to SQL."""
+        """One whole cycle; the number of records moved to SQL.
+
+        While a full claim is written, the next one is claimed in a second thread:
+        Redis's work and SQL's overlap (a claim left open by a failure is settled
+        by the next cycle, as one a killed worker leaves)."""
         self.settle()
-        moved = 0
-        while True:
-            claim = self.claim()
-            if not claim.deltas:
-                self.prune()
-                return moved
-            self.write(claim)
-            self.release(claim)
-            moved += len(claim.deltas)
+        moved, claim = 0, self.claim()
+        ahead: ThreadPoolExecutor | None = None
+        try:
+            while claim.deltas:
+                following = None
+                if len(claim.deltas) >= self.batch:  # more may be dirty: claim it meanwhile
+                    ahead = ahead or ThreadPoolExecutor(1, thread_name_prefix="pullstats-claim")
+                    following = ahead.submit(self.claim)
+                self.write(claim)
+                self.release(claim)
+                moved += len(claim.deltas)
+                claim = following.result() if following is not None else self.claim()
+        finally:
+            if ahead is not None:
+                ahead.shutdown()
+        self.prune()
+        return moved
 
     def prune(self) -> int:
         """Delete daily history older than `history_days`, at most once per PRUNE_EVERY

@@ -9,7 +9,7 @@
 -- KEYS[1] {prefix}/dirty, KEYS[2] {prefix}/claims, KEYS[3] {prefix}/claim/{id},
 -- KEYS[4] {prefix}/claims_made: a counter of claims, which readers compare before and
 -- after their SQL read (pending.lua, durable/reads.py).
--- Returns what it claimed, {key: fields}, as JSON: the worker needs no second read.
+-- Returns what it claimed, {key, fields as JSON, ...}: the worker needs no second read.
 --
 -- In a Redis Cluster (ARGV[3] 'declared') the three are the repository's own, and a
 -- script may touch only the keys it is given: the caller picks up to ARGV[2] of the
@@ -23,21 +23,27 @@ if ARGV[3] == 'declared' then
 else
   keys = redis.call('SPOP', KEYS[1], tonumber(ARGV[2]))
 end
-local claimed = {}
+local claimed = {}  -- key, its fields as JSON, key, ...
 local n = 0
 for _, key in ipairs(keys) do
   local fields = redis.pcall('HGETALL', key)
   if type(fields) == 'table' and not fields.err and #fields > 0 then
     local record = {}
     for i = 1, #fields, 2 do record[fields[i]] = fields[i + 1] end
-    local encoded = cjson.encode(record)
-    redis.call('HSET', KEYS[3], key, encoded)
-    redis.call('DEL', key)
-    claimed[key] = record
-    n = n + 1
+    claimed[n + 1] = key
+    claimed[n + 2] = cjson.encode(record)
+    n = n + 2
   end
 end
-if n == 0 then return '{}' end
+if n == 0 then return {} end
+-- One HSET and one DEL per 2,000 records (unpack() takes a few thousand values).
+for first = 1, n, 4000 do
+  local last = math.min(first + 3999, n)
+  redis.call('HSET', KEYS[3], unpack(claimed, first, last))
+  local gone = {}
+  for i = first, last, 2 do gone[#gone + 1] = claimed[i] end
+  redis.call('DEL', unpack(gone))
+end
 redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('INCR', KEYS[4])
-return cjson.encode(claimed)
+return claimed

@@ -22,7 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 from pullstats_middleware.store.base import StoreDataError, StoreUnavailable
 from pullstats_middleware.store.pending import Claim, Delta, Pending, RecordKey
-from pullstats_middleware.store.redis_records import FAILURES, _glob, _text, script_text
+from pullstats_middleware.store.redis_records import (
+    FAILURES,
+    _glob,
+    _text,
+    claimed_deltas,
+    script_text,
+)
 from pullstats_middleware.store.slot_calls import LuaScript, SlotCall
 
 if TYPE_CHECKING:
@@ -91,11 +97,9 @@ class ClusterClaims:
                 [SlotCall(self._claim, keys, [claim_id, limit, "declared"])], wait=True
             )[0]
             self._queue.append(repository)  # it may hold more, or others took these
-            claimed = json.loads(reply)
-            if claimed:
+            if reply:
                 self._repository_of[claim_id] = repository
-                where = f"claim {claim_id}"
-                return Claim(claim_id, [self._delta(k, v, where) for k, v in claimed.items()])
+                return Claim(claim_id, claimed_deltas(reply, f"claim {claim_id}", self._delta))
 
     def _retire(self, repository: str) -> None:
         """Off the list, unless it holds records or open claims (added back then)."""

@@ -9,7 +9,13 @@ from redis.exceptions import RedisError
 
 from pullstats_middleware.store.base import Batch, StoreDataError, StoreUnavailable
 from pullstats_middleware.store.pending import Claim, Delta, Pending, RecordKey
-from pullstats_middleware.store.redis_records import RedisRecords, _glob, _text, script_text
+from pullstats_middleware.store.redis_records import (
+    RedisRecords,
+    _glob,
+    _text,
+    claimed_deltas,
+    script_text,
+)
 
 if TYPE_CHECKING:
     import redis
@@ -87,9 +93,8 @@ class RedisStore(RedisRecords):
     def claim(self, claim_id: str, limit: int) -> Claim:
         keys = [f"{self.prefix}/dirty", f"{self.prefix}/claims", f"{self.prefix}/claim/{claim_id}"]
         keys.append(f"{self.prefix}/claims_made")
-        claimed = json.loads(self._claim(keys=keys, args=[claim_id, limit]))
-        where = f"claim {claim_id}"
-        return Claim(claim_id, [self._delta(key, fields, where) for key, fields in claimed.items()])
+        reply = self._claim(keys=keys, args=[claim_id, limit])
+        return Claim(claim_id, claimed_deltas(reply, f"claim {claim_id}", self._delta))
 
     def open_claims(self) -> list[Claim]:
         ids = sorted(_text(raw) for raw in self.client.smembers(f"{self.prefix}/claims"))

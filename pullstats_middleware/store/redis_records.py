@@ -4,6 +4,8 @@ arguments of apply_batch.lua, and the reads of one record."""
 from __future__ import annotations
 
 import hashlib
+import json
+from collections.abc import Callable
 from importlib.resources import files
 from typing import Any
 
@@ -19,6 +21,7 @@ from pullstats_middleware.store.base import (
     TagRecord,
     iso_date,
 )
+from pullstats_middleware.store.pending import Delta
 
 # What a Redis client raises when the store cannot be reached or answer right now
 # (redis-py's cluster client raises RedisClusterException, not a RedisError, for some).
@@ -130,6 +133,16 @@ class RedisRecords:
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
         except FAILURES as exc:
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+
+def claimed_deltas(
+    reply: list[bytes], where: str, delta: Callable[[str, dict[str, Any], str], Delta]
+) -> list[Delta]:
+    """claim.lua's answer (key, its fields as JSON, key, …) as deltas."""
+    return [
+        delta(_text(key), json.loads(fields), where)
+        for key, fields in zip(reply[::2], reply[1::2], strict=True)
+    ]
 
 
 def client_key(identity: str) -> str:
