@@ -61,13 +61,12 @@ def page(
         rows = [row for row in all_rows(store, None, repository, registry) if order.keeps(row)]
         order.sort(rows)
         return rows[:limit], len(rows) > limit
-    records = _candidates(store, database, repository, registry, order, limit)
+    records, manifests = _candidates(store, database, repository, registry, order, limit)
     rows = _rows(store, database, repository, records, bare=True)
     rows = [row for row in rows if order.keeps(row)]
     order.sort(rows)
-    shown = [RecordKey("tag", repository, row["tag_name"]) for row in rows[:limit]]
-    # The manifest fields, read for the rows shown only.
-    full = _rows(store, database, repository, {key: records[key] for key in shown})
+    shown = {RecordKey("tag", repository, row["tag_name"]): None for row in rows[:limit]}
+    full = _rows(store, database, repository, {key: records[key] for key in shown}, manifests)
     return full, len(rows) > limit
 
 
@@ -78,8 +77,10 @@ def _candidates(
     registry: list[str],
     order: TagOrder,
     limit: int,
-) -> dict[RecordKey, Merged]:
-    """SQL's page, what the store holds, and the tags only the registry lists."""
+) -> tuple[dict[RecordKey, Merged], dict[RecordKey, Merged]]:
+    """SQL's page, what the store holds, and the tags only the registry lists; and,
+    read along with the held tags, the manifests SQL's page names (those of the
+    rows shown, but for a held tag that now names another: `_rows` reads it)."""
     from pullstats_middleware.durable.listing import known_tags, tag_page
 
     held = store.held("tag", repository)
@@ -89,9 +90,14 @@ def _candidates(
         unknown -= known_tags(connection, repository, sorted(unknown))
     records = {delta.key: combine([delta]) for delta in paged if delta.key.name not in held}
     held_keys = [RecordKey("tag", repository, name) for name in sorted(held)]
-    records.update(read_many(store, database, held_keys, held))
+    digests = {d.current_manifest_digest for d in paged if d.current_manifest_digest}
+    manifest_keys = [RecordKey("manifest", repository, digest) for digest in sorted(digests)]
+    # One read for both kinds (tag names never hold a ':', digests always do).
+    held |= store.held("manifest", repository)
+    both = read_many(store, database, held_keys + manifest_keys, held)
+    records.update((key, both[key]) for key in held_keys)
     records.update({RecordKey("tag", repository, name): combine([]) for name in unknown})
-    return records
+    return records, {key: both[key] for key in manifest_keys}
 
 
 def _rows(
@@ -99,16 +105,19 @@ def _rows(
     database: Database | None,
     repository: str,
     tags: dict[RecordKey, Merged],
+    known: dict[RecordKey, Merged] | None = None,
     *,
     bare: bool = False,
 ) -> list[dict[str, Any]]:
-    """Listing rows: the seed's six tag fields and `last_push_date`. `bare`: without
-    reading the manifests (their fields left empty), for rows that only sort."""
+    """Listing rows: the seed's six tag fields and `last_push_date`. `known`: manifests
+    read already. `bare`: without reading the manifests (their fields left empty),
+    for rows that only sort."""
+    manifests = dict(known or {})
     digests = {m.current_manifest_digest for m in tags.values() if m.current_manifest_digest}
-    manifests: dict[RecordKey, Merged] = {}
-    if digests and not bare:
-        keys = [RecordKey("manifest", repository, d) for d in sorted(digests)]
-        manifests = read_many(store, database, keys, store.held("manifest", repository))
+    keys = [RecordKey("manifest", repository, d) for d in sorted(digests)]
+    keys = [key for key in keys if key not in manifests]
+    if keys and not bare:
+        manifests.update(read_many(store, database, keys, store.held("manifest", repository)))
     rows = []
     for key, tag in tags.items():
         digest = tag.current_manifest_digest

@@ -6,6 +6,7 @@ PostgreSQL through psycopg 3. What a claim adds is in writes.py.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 import weakref
@@ -14,12 +15,22 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import (
+    CompoundSelect,
     Connection,
     Engine,
+    Integer,
+    Select,
+    String,
+    bindparam,
     create_engine,
     event,
+    func,
+    literal_column,
+    null,
     select,
+    union_all,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from pullstats_middleware.durable.schema import (
@@ -39,6 +50,7 @@ class Database:
         self.url = url
         self.engine: Engine = create_engine(url, **engine_options)
         self.dialect = self.engine.dialect.name
+        self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         _live.add(self)
@@ -96,13 +108,18 @@ class Database:
     @contextmanager
     def snapshot(self, *, repeatable: bool = True) -> Iterator[Connection]:
         """One read transaction: totals and committed claim ids seen at one moment.
-        `repeatable` False: a single statement will be run, which sees one moment anyway.
+        `repeatable` False: each statement reads its own moment (one statement sees one
+        anyway), in autocommit: no BEGIN and COMMIT round trips around it.
         A database that cannot be read raises StoreUnavailable (the routes answer 503)."""
         try:
+            if not repeatable:
+                with self._autocommit.connect() as connection:
+                    yield connection
+                return
             with self.engine.connect() as connection, connection.begin():
-                if repeatable and self.dialect == "postgresql":
+                if self.dialect == "postgresql":
                     connection.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                elif repeatable and self.dialect == "sqlite":
+                elif self.dialect == "sqlite":
                     # pysqlite begins no transaction for a SELECT: without one, each query
                     # would read its own moment. WAL keeps the first one's for all.
                     connection.exec_driver_sql("BEGIN")
@@ -129,37 +146,65 @@ class Database:
         query = select(tag_pulls.c.tag).where(tag_pulls.c.repository == repository)
         return {row[0] for row in connection.execute(query)}
 
-    @staticmethod
-    def totals(connection: Connection, keys: Iterable[RecordKey]) -> dict[RecordKey, Delta]:
-        """The SQL rows of `keys`: per repository, one query; for a long list of names
-        (a repository listing) the repository's rows, filtered here, rather than an
-        IN list PostgreSQL would have to parse."""
+    def totals(self, connection: Connection, keys: Iterable[RecordKey]) -> dict[RecordKey, Delta]:
+        """The SQL rows of `keys`, in one statement (a UNION ALL of one query per kind
+        and repository: a tag and its manifest cost one round trip). For a long list
+        of names (a repository listing) the repository's rows, filtered here, rather
+        than an IN list PostgreSQL would have to parse."""
         wanted: dict[tuple[str, str], set[str]] = {}
         for key in keys:
             wanted.setdefault((key.kind, key.repository), set()).add(key.name)
-        out: dict[RecordKey, Delta] = {}
-        t, m = tag_pulls.c, manifest_pulls.c
-        for (kind, repository), names in wanted.items():
-            if kind == "tag":
-                name = t.tag
-                query = select(t.tag, t.pull_count, t.last_pull_date, t.current_manifest_digest,
-                               t.last_push_date).where(t.repository == repository)  # fmt: skip
-            else:
-                name = m.digest
-                query = select(m.digest, m.pull_count, m.last_pull_date).where(
-                    m.repository == repository
-                )
+        if not wanted:
+            return {}
+        groups = list(wanted.items())
+        parameters: dict[str, Any] = {}
+        for n, ((_, repository), names) in enumerate(groups):
+            parameters[f"r{n}"] = repository
             if len(names) <= _IN_LIST_MAX:
-                query = query.where(name.in_(sorted(names)))
-            for row in connection.execute(query):
-                if row[0] not in names:
-                    continue
-                key = RecordKey(kind, repository, row[0])
-                if kind == "tag":
-                    out[key] = Delta(key, row[1], row[2], row[3], {}, row[4])
-                else:
-                    out[key] = Delta(key, row[1], row[2])
+                parameters[f"n{n}"] = sorted(names)
+        shape: tuple[Any, ...] = (
+            *((kind, len(names) > _IN_LIST_MAX) for (kind, _), names in groups),
+            self.dialect,
+        )
+        out: dict[RecordKey, Delta] = {}
+        rows = connection.execute(_totals(shape), parameters)
+        for n, name, count, pulled, digest, pushed in rows:
+            (kind, repository), names = groups[n]
+            if name in names:
+                key = RecordKey(kind, repository, name)
+                out[key] = Delta(key, count, pulled, digest, {}, pushed)
         return out
+
+
+@functools.lru_cache(maxsize=64)
+def _totals(shape: tuple[Any, ...]) -> Select[Any] | CompoundSelect[Any]:
+    """The totals statement of one shape: (kind, every row of its repository?) per
+    part, then the dialect. Built once: building a statement costs more than
+    PostgreSQL running it."""
+    *groups, dialect = shape
+    parts = [_totals_query(n, kind, every, dialect) for n, (kind, every) in enumerate(groups)]
+    return parts[0] if len(parts) == 1 else union_all(*parts)
+
+
+def _totals_query(n: int, kind: str, every: bool, dialect: str) -> Select[Any]:
+    """Part `n` of the totals: `kind` rows of repository `r{n}` named in `n{n}` (or
+    `every` row of it), as (n, name, count, last pull, digest, last push)."""
+    table = tag_pulls if kind == "tag" else manifest_pulls
+    c = table.c
+    name = c.tag if kind == "tag" else c.digest
+    tagged = (c.current_manifest_digest, c.last_push_date) if kind == "tag" else (null(), null())
+    query = select(literal_column(str(n), Integer), name, c.pull_count, c.last_pull_date, *tagged)
+    query = query.where(c.repository == bindparam(f"r{n}"))
+    if every:
+        return query
+    if dialect != "postgresql":  # SQLite probes the primary key once per listed name
+        return query.where(name.in_(bindparam(f"n{n}", expanding=True)))
+    # PostgreSQL: one array parameter, joined name by name to the primary key. (An IN
+    # list of parameters, once the statement is prepared, is compared with every row
+    # of the repository: 100 names among 10,000 tags took 38 ms.)
+    names = func.unnest(bindparam(f"n{n}", type_=ARRAY(String)))
+    asked = names.table_valued("asked").render_derived(name=f"asked{n}")
+    return query.select_from(asked.join(table, name == asked.c.asked))
 
 
 _IN_LIST_MAX = 500  # names asked by value; beyond, the repository's rows are read whole

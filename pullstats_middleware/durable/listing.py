@@ -9,17 +9,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, or_, select
+from sqlalchemy import ColumnElement, Connection, and_, func, literal_column, or_, select
 
 from pullstats_middleware.durable.schema import tag_pulls
 from pullstats_middleware.store.order import TagOrder
 from pullstats_middleware.store.pending import Delta, RecordKey
 
 _t = tag_pulls.c
+# '' written into the SQL, not a parameter: the listing indexes (migration 0005)
+# hold these very expressions, and a prepared statement's parameter matches none.
+_EMPTY: ColumnElement[str] = literal_column("''")
 _COLUMNS = {
     "tag_pull_count": _t.pull_count,
-    "last_tag_pull_date": func.coalesce(_t.last_pull_date, ""),
-    "last_push_date": func.coalesce(_t.last_push_date, ""),
+    "last_tag_pull_date": func.coalesce(_t.last_pull_date, _EMPTY),
+    "last_push_date": func.coalesce(_t.last_push_date, _EMPTY),
     "tag_name": _t.tag,
 }
 
@@ -30,7 +33,7 @@ def tag_page(connection: Connection, repository: str, order: TagOrder, size: int
     query = select(
         _t.tag, _t.pull_count, _t.last_pull_date, _t.current_manifest_digest, _t.last_push_date
     ).where(_t.repository == repository)
-    pulled = func.coalesce(_t.last_pull_date, "")
+    pulled = _COLUMNS["last_tag_pull_date"]
     if order.pulled_before is not None:
         query = query.where(pulled < order.pulled_before)
     if order.pulled_since is not None:

@@ -67,14 +67,13 @@ def merged(
     """`held`: when the caller knows them, the names the store holds a record of: only
     those are asked of it (a listing's thousands of flushed tags are not)."""
     asked = keys if held is None else [key for key in keys if key.name in held]
-    kinds = {key.kind for key in keys}
 
     def read(connection: Connection, pending: Pending) -> tuple[dict[RecordKey, Delta], set[str]]:
         return database.totals(connection, keys), database.committed(connection, pending.claims)
 
-    # Usually no claim is open: one statement, no snapshot isolation to ask for.
+    # Usually no claim is open: one statement (totals), no transaction to ask for.
     pending, (totals, committed) = read_through(
-        store, database, asked, read, repeatable=lambda p: bool(p.claims) or len(kinds) > 1
+        store, database, asked, read, repeatable=lambda p: bool(p.claims)
     )
     out = {}
     for key in keys:
