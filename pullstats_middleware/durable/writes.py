@@ -14,7 +14,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Connection, LargeBinary, String, Table, bindparam, case, func, select, tuple_
+from sqlalchemy import Connection, Table, bindparam, case, func, select, tuple_
 from sqlalchemy import column as sql_column
 from sqlalchemy import table as sql_table
 from sqlalchemy.dialects import postgresql, sqlite
@@ -129,15 +129,11 @@ def _merge_pullers(
     name = table.c.tag if table is tag_daily else table.c.digest
     keys = sorted(found)
     blobs = [_stored(stored.get(key), key).update(found[key]).to_bytes() for key in keys]
-    if dialect == "postgresql":  # one statement: UPDATE … FROM unnest(arrays)
-        types = (String, String, String, LargeBinary)
-        values = func.unnest(
-            *(bindparam(p, type_=postgresql.ARRAY(t)) for p, t in zip("rndp", types, strict=True))
-        ).table_valued("r", "n", "d", "p").render_derived(name="v")  # fmt: skip
-        columns = {"r": [k[0] for k in keys], "n": [k[1] for k in keys],
-                   "d": [k[2] for k in keys], "p": blobs}  # fmt: skip
-        where = (table.c.repository == values.c.r, name == values.c.n, table.c.day == values.c.d)
-        connection.execute(table.update().where(*where).values(pullers=values.c.p), columns)
+    if dialect == "postgresql":  # the sketches staged too, then one UPDATE … FROM
+        sketches = [(*key, 0, blob) for key, blob in zip(keys, blobs, strict=True)]
+        staged = _stage(connection, table, [c.name for c in table.c], sketches, again=True).c
+        where = (table.c.repository == staged[0], name == staged[1], table.c.day == staged[2])
+        connection.execute(table.update().where(*where).values(pullers=staged[4]))
         return
     update = (
         table.update()
@@ -155,22 +151,37 @@ def _merge_pullers(
 
 
 def _staged_upsert(connection: Connection, table: Table, rows: list[dict[str, Any]]) -> Any:
-    """PostgreSQL: `rows` copied into the session's staging table of `table` (emptied
-    at every commit), and the upsert that reads them. The table is made in this
-    transaction if the session has none (a rolled-back one takes it away again)."""
+    """PostgreSQL: `rows` staged, and the upsert that reads them in key order."""
     names = list(rows[0])
+    staged = _stage(connection, table, names, [tuple(row.values()) for row in rows])
+    in_key_order = select(*staged.c).order_by(*list(staged.c)[: len(table.primary_key.columns)])
+    return _upsert("postgresql", table, in_key_order, names)
+
+
+def _stage(
+    connection: Connection,
+    table: Table,
+    names: list[str],
+    rows: list[tuple[Any, ...]],
+    *,
+    again: bool = False,
+) -> Any:
+    """PostgreSQL: `rows` (of columns `names`) copied into the session's staging table
+    of `table`, emptied at every commit (`again`: emptied first, used already in this
+    transaction). The table is made in this transaction if the session has none (a
+    rolled-back one takes it away again)."""
     stage = f"pullstats_stage_{table.name}"
     driver = connection.connection.driver_connection
     assert driver is not None
     with driver.cursor() as cursor:
         like = f"(LIKE {table.name}) ON COMMIT DELETE ROWS"
         cursor.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} {like}")
+        if again:
+            cursor.execute(f"DELETE FROM {stage}")
         with cursor.copy(f"COPY {stage} ({', '.join(names)}) FROM STDIN") as copy:
             for row in rows:
-                copy.write_row(tuple(row.values()))
-    staged = sql_table(stage, *(sql_column(name) for name in names))
-    in_key_order = select(*staged.c).order_by(*list(staged.c)[: len(table.primary_key.columns)])
-    return _upsert("postgresql", table, in_key_order, names)
+                copy.write_row(row)
+    return sql_table(stage, *(sql_column(name) for name in names))
 
 
 def _upsert(dialect: str, table: Table, source: Any = None, names: list[str] | None = None) -> Any:
