@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pullstats_middleware import PullMetrics, PullStatsConfig
 from pullstats_middleware.durable import Database, Flusher
 from pullstats_middleware.durable.schema import tag_pulls
+from pullstats_middleware.durable.writes import table_rows, upsert_statement
 from pullstats_middleware.puller import identity
 from pullstats_middleware.store import Batch, ManifestDelta, RedisStore, TagDelta
 from pullstats_middleware.store.order import TagOrder
@@ -65,11 +66,15 @@ def fresh_database(url: str) -> Database:
 
 
 class OneUpsertPerKey(Database):
-    """The baseline: the same flush, but one upsert statement per row."""
+    """The baseline: the same flush, but one upsert statement per row, its values as
+    parameters (what a flush written the obvious way does)."""
 
     def _add(self, connection: Any, deltas: Any) -> None:
-        for delta in deltas:
-            Database._add(self, connection, [delta])
+        tables, _ = table_rows(deltas)
+        for table, rows in tables:
+            statement = upsert_statement(self.dialect, table)
+            for row in rows:
+                connection.execute(statement, row)
 
 
 def flush_rate(

@@ -313,3 +313,36 @@ def test_a_database_that_cannot_be_read_is_a_503(kind: str, registry: Any, tmp_p
         assert result.status == 503, path
         assert result.headers["retry-after"] == "5"
     metrics.close()
+
+
+def test_writes_in_one_transaction_each_add_their_own_rows_once(database_url: str) -> None:
+    """PostgreSQL stages rows in a session table that only a commit empties: a second
+    write in the same transaction must not add the first one's rows again."""
+    from pullstats_middleware.durable.writes import add
+    from pullstats_middleware.store.pending import Delta
+
+    database = Database(database_url)
+    date = "2026-11-28T10:00:00Z"
+    deltas = [
+        Delta(
+            RecordKey("tag", "org/app", tag),
+            2,
+            date,
+            D1,
+            {"2026-11-28": 2},
+            pullers={"2026-11-28": frozenset({tag.encode().hex().rjust(16, "0")})},
+        )
+        for tag in ("v1", "v2", "v3")
+    ]
+    with database.engine.begin() as connection:
+        for delta in deltas:
+            add(connection, database.dialect, [delta])
+        add(connection, database.dialect, deltas)  # and all three again
+    with database.engine.connect() as connection:
+        counts = dict(connection.execute(sa.select(tag_pulls.c.tag, tag_pulls.c.pull_count)).all())
+        days = connection.execute(sa.select(sa.func.sum(tag_daily.c.pull_count))).scalar()
+    assert counts == {"v1": 4, "v2": 4, "v3": 4}
+    assert days == 12
+    history = merged(MemoryStore(durable=True), database, [RecordKey("tag", "org/app", "v2")])
+    assert history[RecordKey("tag", "org/app", "v2")].pull_count == 4
+    database.close()

@@ -34,6 +34,36 @@ Found = dict[tuple[str, str, str], frozenset[str]]  # day row -> puller hashes
 
 def add(connection: Connection, dialect: str, deltas: Iterable[Delta]) -> None:
     """Add a claim's deltas: totals, days, and who pulled each day."""
+    tables, pullers = table_rows(deltas)
+    for table, rows in tables:
+        if not rows:
+            continue
+        # One order for every writer: two workers upserting the same rows
+        # lock them in the same order, so PostgreSQL never sees a deadlock.
+        keys = [column.name for column in table.primary_key.columns]
+        rows.sort(key=lambda row: tuple(row[name] for name in keys))
+        found = pullers.get(table)
+        if dialect == "postgresql":
+            # A day row's upsert also returns its sketch: read under the row's lock.
+            upsert = _staged_upsert(connection, table, rows)
+            if found:
+                upsert = upsert.returning(*table.primary_key.columns, table.c.pullers)
+                stored = {tuple(row[:3]): row[3] for row in connection.execute(upsert)}
+                _merge_pullers(connection, dialect, table, found, stored)
+            else:
+                connection.execute(upsert)
+        else:
+            connection.execute(upsert_statement(dialect, table), rows)
+            if found:
+                _merge_pullers(
+                    connection, dialect, table, found, _sketches(connection, table, found)
+                )
+
+
+def table_rows(
+    deltas: Iterable[Delta],
+) -> tuple[list[tuple[Table, list[dict[str, Any]]]], dict[Table, Found]]:
+    """The rows the deltas add to each table, and who pulled on each day row."""
     tags: list[dict[str, Any]] = []
     manifests: list[dict[str, Any]] = []
     tag_days: list[dict[str, Any]] = []
@@ -73,34 +103,13 @@ def add(connection: Connection, dialect: str, deltas: Iterable[Delta]) -> None:
             seen = pullers.setdefault(daily, {})
             for day, hashes in delta.pullers.items():
                 seen[(repository, name, day)] = hashes
-    for table, rows in (
+    tables = [
         (tag_pulls, tags),
         (manifest_pulls, manifests),
         (tag_daily, tag_days),
         (manifest_daily, manifest_days),
-    ):
-        if not rows:
-            continue
-        # One order for every writer: two workers upserting the same rows
-        # lock them in the same order, so PostgreSQL never sees a deadlock.
-        keys = [column.name for column in table.primary_key.columns]
-        rows.sort(key=lambda row: tuple(row[name] for name in keys))
-        found = pullers.get(table)
-        if dialect == "postgresql":
-            # A day row's upsert also returns its sketch: read under the row's lock.
-            upsert = _staged_upsert(connection, table, rows)
-            if found:
-                upsert = upsert.returning(*table.primary_key.columns, table.c.pullers)
-                stored = {tuple(row[:3]): row[3] for row in connection.execute(upsert)}
-                _merge_pullers(connection, dialect, table, found, stored)
-            else:
-                connection.execute(upsert)
-        else:
-            connection.execute(_upsert(dialect, table), rows)
-            if found:
-                _merge_pullers(
-                    connection, dialect, table, found, _sketches(connection, table, found)
-                )
+    ]
+    return tables, pullers
 
 
 def _sketches(connection: Connection, table: Table, found: Found) -> dict[tuple[Any, ...], Any]:
@@ -131,7 +140,7 @@ def _merge_pullers(
     blobs = [_stored(stored.get(key), key).update(found[key]).to_bytes() for key in keys]
     if dialect == "postgresql":  # the sketches staged too, then one UPDATE … FROM
         sketches = [(*key, 0, blob) for key, blob in zip(keys, blobs, strict=True)]
-        staged = _stage(connection, table, [c.name for c in table.c], sketches, again=True).c
+        staged = _stage(connection, table, [c.name for c in table.c], sketches).c
         where = (table.c.repository == staged[0], name == staged[1], table.c.day == staged[2])
         connection.execute(table.update().where(*where).values(pullers=staged[4]))
         return
@@ -155,7 +164,7 @@ def _staged_upsert(connection: Connection, table: Table, rows: list[dict[str, An
     names = list(rows[0])
     staged = _stage(connection, table, names, [tuple(row.values()) for row in rows])
     in_key_order = select(*staged.c).order_by(*list(staged.c)[: len(table.primary_key.columns)])
-    return _upsert("postgresql", table, in_key_order, names)
+    return upsert_statement("postgresql", table, in_key_order, names)
 
 
 def _stage(
@@ -163,28 +172,27 @@ def _stage(
     table: Table,
     names: list[str],
     rows: list[tuple[Any, ...]],
-    *,
-    again: bool = False,
 ) -> Any:
     """PostgreSQL: `rows` (of columns `names`) copied into the session's staging table
-    of `table`, emptied at every commit (`again`: emptied first, used already in this
-    transaction). The table is made in this transaction if the session has none (a
-    rolled-back one takes it away again)."""
+    of `table`, emptied first (it may hold rows staged earlier in this transaction;
+    a commit empties it too). The table is made in this transaction if the session
+    has none (a rolled-back one takes it away again)."""
     stage = f"pullstats_stage_{table.name}"
     driver = connection.connection.driver_connection
     assert driver is not None
     with driver.cursor() as cursor:
         like = f"(LIKE {table.name}) ON COMMIT DELETE ROWS"
         cursor.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} {like}")
-        if again:
-            cursor.execute(f"DELETE FROM {stage}")
+        cursor.execute(f"DELETE FROM {stage}")
         with cursor.copy(f"COPY {stage} ({', '.join(names)}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
     return sql_table(stage, *(sql_column(name) for name in names))
 
 
-def _upsert(dialect: str, table: Table, source: Any = None, names: list[str] | None = None) -> Any:
+def upsert_statement(
+    dialect: str, table: Table, source: Any = None, names: list[str] | None = None
+) -> Any:
     """`INSERT … ON CONFLICT DO UPDATE` adding counts and keeping the later date; with
     a `source` (a SELECT of `names`), its rows come from there."""
     insert = (postgresql if dialect == "postgresql" else sqlite).insert(table)
