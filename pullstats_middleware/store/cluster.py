@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from pullstats_middleware.store.base import Batch, StoreUnavailable
@@ -56,7 +56,9 @@ class RedisClusterStore(RedisRecords):
         self._connect = client if callable(client) else (lambda: client)
         self._client: RedisCluster | None = None
         self._connecting = threading.Lock()
-        self.calls = SlotCaller(self, wait_replicas=wait_replicas, wait_timeout=wait_timeout)
+        self.calls = SlotCaller(
+            lambda: self.cluster, wait_replicas=wait_replicas, wait_timeout=wait_timeout
+        )
         self.script = LuaScript(script_text("apply_batch.lua"))
         self.writer = BatchWriter(self)
         self.claims = ClusterClaims(self)
@@ -114,6 +116,9 @@ class RedisClusterStore(RedisRecords):
         return self.writer.calls_for_keys
 
     # -- the flush worker's side and the listings' -------------------------------------
+
+    def register(self, repositories: Iterable[str]) -> None:
+        self.claims.register(repositories)
 
     def held(self, kind: str, repository: str) -> set[str]:
         return self.claims.held(kind, repository)

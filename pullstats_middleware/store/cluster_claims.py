@@ -34,7 +34,7 @@ from pullstats_middleware.store.slot_calls import LuaScript, SlotCall
 if TYPE_CHECKING:
     from redis.cluster import RedisCluster
 
-    from pullstats_middleware.store.cluster import RedisClusterStore
+    from pullstats_middleware.store.cluster_parts import ClusterParts
 
 SWEEP_INTERVAL = 300.0
 _RETIRE = LuaScript("return redis.call('SCARD', KEYS[1]) + redis.call('SCARD', KEYS[2])")
@@ -42,7 +42,7 @@ _RELEASE = LuaScript("redis.call('SREM', KEYS[1], ARGV[1]) return redis.call('DE
 
 
 class ClusterClaims:
-    def __init__(self, store: RedisClusterStore) -> None:
+    def __init__(self, store: ClusterParts) -> None:
         self.store = store
         self.registry = f"{store.prefix}/dirty-repositories"
         self._claim = LuaScript(script_text("claim.lua"))

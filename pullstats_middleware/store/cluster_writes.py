@@ -24,7 +24,7 @@ from pullstats_middleware.store.redis_records import _text, client_key
 from pullstats_middleware.store.slot_calls import SlotCall
 
 if TYPE_CHECKING:
-    from pullstats_middleware.store.cluster import RedisClusterStore
+    from pullstats_middleware.store.cluster_parts import ClusterParts
 
 # A part whose script keeps naming keys it was not given (other writers keep
 # changing what it would touch) is given up after this many calls; the recorder
@@ -43,7 +43,7 @@ class _Part:
 
 
 class BatchWriter:
-    def __init__(self, store: RedisClusterStore) -> None:
+    def __init__(self, store: ClusterParts) -> None:
         self.store = store
         self._children: OrderedDict[tuple[str, str], tuple[str, ...]] = OrderedDict()
         self._head_tags: OrderedDict[tuple[str, str, str], str] = OrderedDict()
@@ -54,7 +54,7 @@ class BatchWriter:
         parts = self._parts(batch)
         repositories = set().union(*(part.repositories for part in parts))
         if store.durable:  # before: a worker that looks now finds them (after: see below)
-            store.claims.register(repositories)
+            store.register(repositories)
         calls = []
         for part in parts:
             marker = f"{store.prefix}/batch/{{{min(part.repositories)}}}/{batch.id}"
@@ -65,7 +65,7 @@ class BatchWriter:
             raise failed[0]
         if store.durable:  # again: a worker may have retired one meanwhile (else: the sweep)
             with contextlib.suppress(StoreUnavailable):
-                store.claims.register(repositories)
+                store.register(repositories)
         self._remember(batch)
         return skipped
 

@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -40,8 +41,6 @@ from pullstats_middleware.store.redis_records import FAILURES
 
 if TYPE_CHECKING:
     from redis.cluster import ClusterNode, RedisCluster
-
-    from pullstats_middleware.store.cluster import RedisClusterStore
 
 _ROUNDS = 60  # with the pauses below, about 15 s of a slot in migration
 _PAUSE_FIRST, _PAUSE_MAX = 0.01, 0.5
@@ -66,9 +65,13 @@ class NotAcknowledged(StoreUnavailable):
 
 class SlotCaller:
     def __init__(
-        self, store: RedisClusterStore, *, wait_replicas: int = 0, wait_timeout: float = 1.0
+        self,
+        client: Callable[[], RedisCluster],
+        *,
+        wait_replicas: int = 0,
+        wait_timeout: float = 1.0,
     ) -> None:
-        self.store = store
+        self._client = client  # the store's, connected at first use
         self.wait_replicas = wait_replicas
         self.wait_ms = max(1, int(wait_timeout * 1000))
         # What the cluster answered besides replies: the tests check a fault happened.
@@ -199,7 +202,7 @@ class SlotCaller:
 
     @property
     def client(self) -> RedisCluster:
-        return self.store.cluster
+        return self._client()
 
     def _load(self, node: ClusterNode, script: LuaScript) -> None:
         try:
