@@ -90,7 +90,9 @@ def _candidates(
         unknown -= known_tags(connection, repository, sorted(unknown))
     records = {delta.key: combine([delta]) for delta in paged if delta.key.name not in held}
     held_keys = [RecordKey("tag", repository, name) for name in sorted(held)]
-    digests = {d.current_manifest_digest for d in paged if d.current_manifest_digest}
+    # A row after the first `limit` SQL rows the store does not hold is never shown.
+    shown = [delta for delta in paged if delta.key.name not in held][:limit]
+    digests = {d.current_manifest_digest for d in shown if d.current_manifest_digest}
     manifest_keys = [RecordKey("manifest", repository, digest) for digest in sorted(digests)]
     # One read for both kinds (tag names never hold a ':', digests always do).
     held |= store.held("manifest", repository)
