@@ -172,7 +172,7 @@ class Pullers:
         while not self._stop.is_set():
             try:
                 status, pid = get(self.port, "/v2/library/hello/manifests/v1", "docker/24.0")
-            except OSError:
+            except (OSError, http.client.HTTPException):  # a worker killed mid-answer
                 status, pid = 0, 0
             with self._lock:
                 if status == 200:
