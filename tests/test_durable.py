@@ -346,3 +346,23 @@ def test_writes_in_one_transaction_each_add_their_own_rows_once(database_url: st
     history = merged(MemoryStore(durable=True), database, [RecordKey("tag", "org/app", "v2")])
     assert history[RecordKey("tag", "org/app", "v2")].pull_count == 4
     database.close()
+
+
+def test_held_reads_the_dirty_set_and_finds_what_a_keyspace_scan_finds(
+    real_redis: redis.Redis, redis_server: RedisServer
+) -> None:
+    """With a database, `held` scans the dirty set instead of every key: the same names,
+    live and claimed, of this repository only (not of one below it or beside it)."""
+    store = store_for(redis_server.url)
+    date = "2026-11-28T10:00:00Z"
+    for repository in ("org/app", "org/app/sub", "org/apple"):
+        tags = [TagDelta(repository, f"v{n}", 1, date, D1) for n in range(30)]
+        store.apply(Batch(f"b-{repository}", tags=tags), window=10.0, skew=1.0)
+    claim = store.claim("c-1", 40)  # some records move into a claim hash
+    assert len(claim.deltas) == 40
+    real_redis.set("pull_metrics/batch/other", "1")  # keys that are not records
+    real_redis.set("pull_metrics/tag/org/app-marker", "x")
+    assert real_redis.dbsize() > real_redis.scard("pull_metrics/dirty")  # the scan differs
+    found = store.held("tag", "org/app")
+    store.durable = False  # the keyspace scan, for comparison
+    assert store.held("tag", "org/app") == found == {f"v{n}" for n in range(30)}

@@ -76,14 +76,23 @@ class RedisStore(RedisRecords):
         record of, live or claimed: with a database, only what is not yet flushed."""
         head = f"{self.prefix}/{kind}/{repository}/"
         names = set()
+        match = _glob(head) + "*"
         try:
-            for raw in self.client.scan_iter(match=_glob(head) + "*", count=1000):
+            # With a database every live record is in the dirty set (apply_batch.lua marks
+            # each one it writes, claim.lua takes them out): scan that, not every key of
+            # the database (batch markers, pairing keys, other repositories' records).
+            live = (
+                self.client.sscan_iter(f"{self.prefix}/dirty", match=match, count=1000)
+                if self.durable
+                else self.client.scan_iter(match=match, count=1000)
+            )
+            for raw in live:
                 key = _text(raw)
                 if "/" not in key[len(head) :]:  # not a tag of a repository below this one
                     names.add(key[len(head) :])
             for raw in self.client.smembers(f"{self.prefix}/claims"):
                 where = f"{self.prefix}/claim/{_text(raw)}"
-                for field, _ in self.client.hscan_iter(where, match=_glob(head) + "*", count=1000):
+                for field, _ in self.client.hscan_iter(where, match=match, count=1000):
                     if "/" not in _text(field)[len(head) :]:
                         names.add(_text(field)[len(head) :])
         except (RedisError, OSError) as exc:
