@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pullstats_middleware import PullMetrics, PullStatsConfig
 from pullstats_middleware.durable import Database, Flusher
 from pullstats_middleware.durable.schema import tag_pulls
-from pullstats_middleware.durable.writes import table_rows, upsert_statement
+from pullstats_middleware.durable.writes import ROW_COLUMNS, table_rows, upsert_statement
 from pullstats_middleware.puller import identity
 from pullstats_middleware.store import Batch, ManifestDelta, RedisStore, TagDelta
 from pullstats_middleware.store.order import TagOrder
@@ -78,7 +78,7 @@ class OneUpsertPerKey(Database):
         for table, rows in tables:
             statement = upsert_statement(self.dialect, table)
             for row in rows:
-                connection.execute(statement, row)
+                connection.execute(statement, dict(zip(ROW_COLUMNS[table], row, strict=True)))
 
 
 def flush_rate(

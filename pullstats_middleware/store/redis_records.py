@@ -139,9 +139,14 @@ def claimed_deltas(
     reply: list[bytes], where: str, delta: Callable[[str, dict[str, Any], str], Delta]
 ) -> list[Delta]:
     """claim.lua's answer (key, its fields as JSON, key, …) as deltas."""
+    # One JSON array parsed in one call: a call per record cost a quarter of the parse.
+    values = [_text(value) for value in reply[1::2]]
+    try:
+        parsed = json.loads("[" + ",".join(values) + "]")
+    except ValueError:
+        raise StoreDataError(f"{where} holds fields that are not JSON") from None
     return [
-        delta(_text(key), json.loads(fields), where)
-        for key, fields in zip(reply[::2], reply[1::2], strict=True)
+        delta(_text(key), fields, where) for key, fields in zip(reply[::2], parsed, strict=True)
     ]
 
 
