@@ -139,11 +139,13 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     yield url
 
 
-def new_postgres_database(server: PostgresServer) -> str:
-    """The URL of a new, empty database on `server`."""
+def new_postgres_database(server: PostgresServer, *, icu: bool = False) -> str:
+    """The URL of a new, empty database on `server`; `icu`: its text sorts as English
+    does (ICU's en-US: case and punctuation are weighed apart), not by code point."""
     name = f"t{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(server.url, isolation_level="AUTOCOMMIT")
+    locale = " TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US'" if icu else ""
     with admin.connect() as connection:
-        connection.exec_driver_sql(f"CREATE DATABASE {name}")
+        connection.exec_driver_sql(f"CREATE DATABASE {name}{locale}")
     admin.dispose()
     return server.url.rsplit("/", 1)[0] + "/" + name

@@ -16,9 +16,11 @@ from typing import Any
 import pytest
 import redis
 import sqlalchemy as sa
+from alembic import command
 
 from pullstats_middleware import PullMetrics, PullStatsConfig
 from pullstats_middleware.durable import Database, Flusher, merged
+from pullstats_middleware.durable.database import alembic_config
 from pullstats_middleware.durable.schema import tag_daily, tag_pulls
 from pullstats_middleware.store import (
     Batch,
@@ -30,7 +32,9 @@ from pullstats_middleware.store import (
 )
 from pullstats_middleware.store.pending import RecordKey
 from tests.apps import Driver, make_driver
+from tests.conftest import new_postgres_database
 from tests.e2e.services import RedisServer
+from tests.postgres import PostgresServer
 
 D1 = "sha256:" + "1" * 64
 D2 = "sha256:" + "2" * 64
@@ -62,6 +66,34 @@ def test_migrations_create_the_schema_and_run_again(database_url: str) -> None:
     tables = set(sa.inspect(database.engine).get_table_names())
     assert {"tag_pulls", "manifest_pulls", "tag_daily", "manifest_daily"} <= tables
     assert {"flush_claims", "alembic_version"} <= tables
+    database.close()
+
+
+def test_postgresql_sorts_names_by_code_point_whatever_the_database_locale(
+    postgres: PostgresServer,
+) -> None:
+    """Migration 0006 on a database created with English collation (ICU en-US): names
+    sort as Python sorts them; downgraded, they sort as English again; rows stay."""
+    database = Database(new_postgres_database(postgres, icu=True))
+    database.upgrade()
+    names = ["ab", "a-b", "a_b", "B", "a", "A"]
+    rows = [{"repository": "r", "tag": name, "pull_count": 1} for name in names]
+    with database.engine.begin() as connection:
+        connection.execute(tag_pulls.insert(), rows)
+
+    def order() -> list[str]:
+        with database.engine.connect() as connection:
+            query = sa.select(tag_pulls.c.tag).order_by(tag_pulls.c.tag)
+            return list(connection.scalars(query))
+
+    assert order() == sorted(names) == ["A", "B", "a", "a-b", "a_b", "ab"]
+    with database.engine.begin() as connection:
+        config = alembic_config()
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0005")
+    assert order() == ["a", "A", "a_b", "a-b", "ab", "B"]  # the locale's, as before
+    database.upgrade()
+    assert order() == sorted(names)
     database.close()
 
 

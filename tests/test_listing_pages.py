@@ -1,6 +1,6 @@
 """SQL cuts the listing's pages: every page equals the page cut from all rows in Python,
 whatever is flushed, still held, only in the registry, sorted how, after which cursor
-(SQLite and a real PostgreSQL)."""
+(SQLite and a real PostgreSQL, one of whose databases sorts text as English does)."""
 
 from __future__ import annotations
 
@@ -21,16 +21,21 @@ from tests.conftest import new_postgres_database
 DATES = [None, "2026-11-01T10:00:00Z", "2026-11-02T10:00:00Z", "2026-11-03T10:00:00Z"]
 DIGEST = "sha256:" + "a" * 64
 D = DATES[1]
+# Names whose order by code point (Python's, the cursor's) is not English order: upper
+# case before lower, '-' < '.' < digits < '_' (ICU's en-US: a < A < a_b < a-b < ab).
+NAMES = ["a", "A", "a_b", "a-b", "a.b", "ab", "a1", "B", "b", "Z9", "_x", "z"]
+REGISTRY_ONLY = ["New", "n-ew", "new"]
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="module", params=["sqlite", "postgresql", "postgresql-icu"])
 def metrics(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[PullMetrics]:
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path_factory.mktemp('pages') / 'pages.db'}"
     else:
-        url = new_postgres_database(request.getfixturevalue("postgres"))
+        icu = request.param == "postgresql-icu"
+        url = new_postgres_database(request.getfixturevalue("postgres"), icu=icu)
     Database(url).upgrade()
     config = PullStatsConfig(enabled=True, database=url, embedded_flusher=False)
     one = PullMetrics(config, store=MemoryStore(durable=True))
@@ -82,15 +87,15 @@ def test_sql_pages_equal_python_pages(
     flushed, held, pushes = [], [], []
     for n, (early, early_date, late, late_date, pushed) in enumerate(tags):
         if early:
-            flushed.append(TagDelta(repository, f"t{n}", early, early_date, DIGEST))
+            flushed.append(TagDelta(repository, NAMES[n], early, early_date, DIGEST))
         if late:
-            held.append(TagDelta(repository, f"t{n}", late, late_date, DIGEST))
+            held.append(TagDelta(repository, NAMES[n], late, late_date, DIGEST))
         if pushed or not (early or late):
-            pushes.append(Push(repository, f"t{n}", pushed or DATES[1], DIGEST))  # type: ignore[arg-type]
+            pushes.append(Push(repository, NAMES[n], pushed or DATES[1], DIGEST))  # type: ignore[arg-type]
     store.apply(Batch(uuid.uuid4().hex, tags=flushed, pushes=pushes), window=10, skew=1)
     Flusher(store, database).flush()
     store.apply(Batch(uuid.uuid4().hex, tags=held), window=10, skew=1)
-    registry = [f"t{n}" for n in range(len(tags))] + [f"new{n}" for n in range(registry_only)]
+    registry = NAMES[: len(tags)] + REGISTRY_ONLY[:registry_only]
 
     field = SORTS[sort]
     everything = metrics.get_tags(repository, registry)

@@ -59,7 +59,7 @@ class Database:
         """Create or migrate the schema to the newest revision the package ships."""
         from alembic import command
 
-        config = _alembic_config()
+        config = alembic_config()
         with self.engine.begin() as connection:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
@@ -71,7 +71,7 @@ class Database:
 
         with self.engine.connect() as connection:
             current = MigrationContext.configure(connection).get_current_revision()
-        return current, ScriptDirectory.from_config(_alembic_config()).get_current_head()
+        return current, ScriptDirectory.from_config(alembic_config()).get_current_head()
 
     def close(self) -> None:
         self.engine.dispose()
@@ -224,7 +224,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_connections_after_fork)
 
 
-def _alembic_config() -> Any:
+def alembic_config() -> Any:
     from alembic.config import Config
 
     config = Config()
