@@ -87,7 +87,7 @@ def _candidates(
     with database.snapshot(repeatable=False) as connection:
         paged = tag_page(connection, repository, order, limit + 1 + len(held))
         unknown = set(registry) - held - {delta.key.name for delta in paged}
-        unknown -= known_tags(connection, repository, sorted(unknown))
+        unknown -= known_tags(connection, repository, list(unknown))
     records = {delta.key: combine([delta]) for delta in paged if delta.key.name not in held}
     held_keys = [RecordKey("tag", repository, name) for name in sorted(held)]
     # A row after the first `limit` SQL rows the store does not hold is never shown.

@@ -110,3 +110,28 @@ def test_sql_pages_equal_python_pages(
     page, more = metrics.get_tag_page(repository, registry, order, limit)
     assert page == expected[:limit]
     assert more == (len(expected) > limit)
+
+
+def test_a_registry_of_more_names_than_an_in_list_holds(metrics: PullMetrics) -> None:
+    """600 registry names (beyond the 500 asked by value, SQL's names are read whole):
+    the pulled half with their counts, the never-pulled half with zeros, paged alike."""
+    repository = f"r{uuid.uuid4().hex[:10]}"
+    store, database = metrics.store, metrics.database
+    assert isinstance(store, MemoryStore) and database is not None
+    names = [f"n{n:03d}" for n in range(600)]
+    pulled = [TagDelta(repository, name, 2, D, DIGEST) for name in names[::2]]
+    store.apply(Batch(uuid.uuid4().hex, tags=pulled), window=10, skew=1)
+    Flusher(store, database).flush()
+    everything = metrics.get_tags(repository, names)
+    assert len(everything) == 600
+    assert sum(row["tag_pull_count"] for row in everything) == 600
+    # Never pulled (a null date) first; by name, every other one.
+    for field, counts in (
+        ("last_tag_pull_date", [0] * 300 + [2] * 100),
+        ("tag_name", [2, 0] * 200),
+    ):
+        order = TagOrder(field, False, None, None, None)
+        order.sort(everything)
+        page, more = metrics.get_tag_page(repository, names, order, 400)
+        assert page == everything[:400] and more
+        assert [row["tag_pull_count"] for row in page] == counts

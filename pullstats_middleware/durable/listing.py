@@ -53,10 +53,15 @@ def tag_page(connection: Connection, repository: str, order: TagOrder, size: int
 def known_tags(connection: Connection, repository: str, names: list[str]) -> set[str]:
     """Which of `names` SQL has a row of: asked by value when they are few, else
     every name of the repository is read (one query beats an IN list of thousands)."""
-    query = select(_t.tag).where(_t.repository == repository)
     if len(names) <= _IN_LIST_MAX:
-        query = query.where(_t.tag.in_(names))
-    return {row[0] for row in connection.execute(query)} & set(names)
+        query = select(_t.tag).where(_t.repository == repository, _t.tag.in_(names))
+        return set(connection.scalars(query))
+    # Every name of the repository: on PostgreSQL as one array (10,000 rows, each made
+    # a Python row, cost four times the query), elsewhere as rows.
+    if connection.dialect.name == "postgresql":
+        every = connection.scalar(select(func.array_agg(_t.tag)).where(_t.repository == repository))
+        return set(every or ()) & set(names)
+    return set(connection.scalars(select(_t.tag).where(_t.repository == repository))) & set(names)
 
 
 _IN_LIST_MAX = 500
