@@ -45,16 +45,17 @@ def client_address(peer: str, forwarded_for: str | None, trusted: Sequence[IPNet
     the right is the client. With no trusted proxies the header is ignored, so
     a client cannot choose its own identity.
     """
-    if not trusted or not forwarded_for or not _trusted(peer, trusted):
+    if not trusted or not forwarded_for or not trusted_peer(peer, trusted):
         return peer
     hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
     for hop in reversed(hops):
-        if not _trusted(hop, trusted):
+        if not trusted_peer(hop, trusted):
             return hop
     return hops[0] if hops else peer
 
 
-def _trusted(address: str, trusted: Sequence[IPNetwork]) -> bool:
+def trusted_peer(address: str, trusted: Sequence[IPNetwork]) -> bool:
+    """True when `address` is in one of the `trusted` networks (PULL_METRICS_TRUSTED_PROXIES)."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:

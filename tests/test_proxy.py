@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
+import ipaddress
 import json
 import logging
 import random
@@ -487,6 +488,56 @@ def test_hop_by_hop_request_headers_dropped_and_forwarded_headers_added(
     assert header(payload, "x-forwarded-for") == ["203.0.113.9, 127.0.0.1"]
     assert header(payload, "x-forwarded-proto") == ["http"]
     assert header(payload, "x-forwarded-host") == [f"127.0.0.1:{proxy.port}"]
+
+
+@pytest.fixture(scope="module")
+def behind_tls(upstream: tuple[Upstream, Served]) -> Iterator[Served]:
+    """A proxy that trusts its loopback peer, as it would a balancer that ends TLS."""
+    trusted = [ipaddress.ip_network("127.0.0.0/8")]
+    with Served(proxy_app(upstream[1].url, trusted_proxies=trusted)) as served:
+        yield served
+
+
+BALANCER = {"x-forwarded-proto": "https", "x-forwarded-host": "registry.example.com"}
+
+
+def test_a_trusted_peer_names_the_scheme_and_host_the_client_used(
+    behind_tls: Served, client: httpx2.Client
+) -> None:
+    payload = echoed(client.get(f"{behind_tls.url}/echo/h", headers=BALANCER))
+    assert header(payload, "x-forwarded-proto") == ["https"]
+    assert header(payload, "x-forwarded-host") == ["registry.example.com"]
+    moved = client.post(f"{behind_tls.url}/location/absolute", headers=BALANCER)
+    assert moved.headers["location"] == (
+        "https://registry.example.com/v2/r/blobs/uploads/u1?_state=abc%3D"
+    )
+    # A list (hops that appended): the last, the one the peer saw or set.
+    listed = {"x-forwarded-proto": "http, https", "x-forwarded-host": "a.example, b.example"}
+    payload = echoed(client.get(f"{behind_tls.url}/echo/h", headers=listed))
+    assert header(payload, "x-forwarded-proto") == ["https"]
+    assert header(payload, "x-forwarded-host") == ["b.example"]
+
+
+@pytest.mark.parametrize(
+    ("proto", "host"), [("ftp", "evil.example/path"), ("javascript", "user@evil.example"), ("", "")]
+)
+def test_a_trusted_peer_s_nonsense_is_replaced_by_this_hop_s_own(
+    proto: str, host: str, behind_tls: Served, client: httpx2.Client
+) -> None:
+    headers = {"x-forwarded-proto": proto, "x-forwarded-host": host}
+    payload = echoed(client.get(f"{behind_tls.url}/echo/h", headers=headers))
+    assert header(payload, "x-forwarded-proto") == ["http"]
+    assert header(payload, "x-forwarded-host") == [f"127.0.0.1:{behind_tls.port}"]
+
+
+def test_an_untrusted_client_cannot_name_the_scheme_or_host(
+    proxy: Served, client: httpx2.Client
+) -> None:
+    payload = echoed(client.get(f"{proxy.url}/echo/h", headers=BALANCER))
+    assert header(payload, "x-forwarded-proto") == ["http"]
+    assert header(payload, "x-forwarded-host") == [f"127.0.0.1:{proxy.port}"]
+    moved = client.post(f"{proxy.url}/location/absolute", headers=BALANCER)
+    assert moved.headers["location"].startswith(f"{proxy.url}/v2/r/blobs/uploads/u1")
 
 
 def test_hop_by_hop_response_headers_dropped(proxy: Served, client: httpx2.Client) -> None:

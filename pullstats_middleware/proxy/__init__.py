@@ -26,9 +26,8 @@ def build_proxy(
 ) -> ASGIApp:
     """The proxy wrapped by the statistics middleware: what `pullstats proxy` serves;
     with PULL_METRICS_PROMETHEUS, also `GET /metrics` at its root."""
-    app: ASGIApp = PullStatsASGIMiddleware(
-        proxy_app(upstream, **timeouts), config=config, metrics=metrics
-    )
+    forward = proxy_app(upstream, trusted_proxies=config.trusted_proxies, **timeouts)
+    app: ASGIApp = PullStatsASGIMiddleware(forward, config=config, metrics=metrics)
     if config.enabled and config.prometheus:
         from pullstats_middleware.proxy.metrics_root import MetricsAtRoot
 

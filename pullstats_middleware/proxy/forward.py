@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING
 from urllib.parse import quote_from_bytes, urlsplit
 
@@ -26,6 +26,7 @@ import anyio
 import yarl
 
 from pullstats_middleware.proxy.headers import (
+    Public,
     check_upstream,
     origin,
     request_headers,
@@ -34,6 +35,8 @@ from pullstats_middleware.proxy.headers import (
 
 if TYPE_CHECKING:
     from starlette.types import Receive, Scope, Send
+
+    from pullstats_middleware.config import IPNetwork
 
 log = logging.getLogger("pullstats_middleware")
 
@@ -59,6 +62,7 @@ class RegistryProxy:
         connect_timeout: float = 5.0,
         read_timeout: float = 60.0,
         session: aiohttp.ClientSession | None = None,
+        trusted_proxies: Sequence[IPNetwork] = (),
     ) -> None:
         if not connect_timeout > 0 or not read_timeout > 0:
             raise ValueError("connect_timeout and read_timeout must be positive numbers of seconds")
@@ -76,6 +80,9 @@ class RegistryProxy:
         )
         self._session = session
         self._owns_session = session is None
+        # Peers whose X-Forwarded-Proto and X-Forwarded-Host say where the client
+        # reached them (PULL_METRICS_TRUSTED_PROXIES): a balancer that ends TLS.
+        self._trusted = tuple(trusted_proxies)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -122,7 +129,7 @@ class RegistryProxy:
             await send({"type": "websocket.close", "code": 1003})
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers, has_body = request_headers(scope, self._host)
+        headers, has_body, public = request_headers(scope, self._host, self._trusted)
         target = scope.get("raw_path") or scope["path"].encode()
         if scope.get("query_string"):
             target += b"?" + scope["query_string"]
@@ -156,7 +163,8 @@ class RegistryProxy:
         try:
             # Watch for a disconnect only where no upload is still reading `receive`.
             watch = not has_body or body.done
-            await self._answer(response, scope, receive, send, body.done if watch else None)
+            done = body.done if watch else None
+            await self._answer(response, scope, public, receive, send, done)
         finally:
             response.release()  # closes the connection unless the body was read to its end
 
@@ -164,12 +172,13 @@ class RegistryProxy:
         self,
         response: aiohttp.ClientResponse,
         scope: Scope,
+        public: Public,
         receive: Receive,
         send: Send,
         done: bool | None,
     ) -> None:
         status = response.status
-        headers = response_headers(response.raw_headers, scope, self._origin)
+        headers = response_headers(response.raw_headers, scope, self._origin, public)
         bodiless = status < 200 or status in _NO_CONTENT
         if bodiless:
             # No body, ever (RFC 9110 §6.4.1): a Content-Length here would make the
@@ -276,8 +285,14 @@ def proxy_app(
     connect_timeout: float = 5.0,
     read_timeout: float = 60.0,
     session: aiohttp.ClientSession | None = None,
+    trusted_proxies: Sequence[IPNetwork] = (),
 ) -> RegistryProxy:
-    """An ASGI app forwarding every request to `upstream` (`http(s)://host[:port]`)."""
+    """An ASGI app forwarding every request to `upstream` (`http(s)://host[:port]`);
+    `trusted_proxies`: peers whose X-Forwarded-Proto and -Host it passes on."""
     return RegistryProxy(
-        upstream, connect_timeout=connect_timeout, read_timeout=read_timeout, session=session
+        upstream,
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        session=session,
+        trusted_proxies=trusted_proxies,
     )

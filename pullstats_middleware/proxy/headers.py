@@ -1,18 +1,35 @@
 """What a well-behaved HTTP intermediary changes in the headers it forwards, and
 the upstream's address it checks: hop-by-hop headers, Host, X-Forwarded-*, and
-a Location naming the upstream (RFC 9110 §7.6)."""
+a Location naming the upstream (RFC 9110 §7.6).
+
+The scheme and host the client used are this hop's own, unless the peer is a
+trusted proxy (PULL_METRICS_TRUSTED_PROXIES) that said which in X-Forwarded-Proto
+and X-Forwarded-Host: behind a balancer that ends TLS, the registry then names
+`https` in its upload URLs, and so does every Location rewritten here."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import SplitResult, urlsplit, urlunsplit
+
+from pullstats_middleware.identity import trusted_peer
 
 if TYPE_CHECKING:
     from starlette.types import Scope
 
+    from pullstats_middleware.config import IPNetwork
+
 Headers = list[tuple[bytes, bytes]]
 Origin = tuple[str, str, int | None]
+
+
+class Public(NamedTuple):
+    """Where the client reached us: the scheme and the Host it used."""
+
+    scheme: bytes
+    host: bytes
+
 
 HOP_BY_HOP = frozenset(
     b"connection keep-alive proxy-authenticate proxy-authorization te trailer "
@@ -25,6 +42,7 @@ _REPLACED = frozenset(
 )
 _DROPPED = HOP_BY_HOP | _REPLACED
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_SCHEMES = frozenset((b"http", b"https"))
 
 
 def check_upstream(url: str) -> str:
@@ -50,12 +68,16 @@ def origin(parts: SplitResult) -> Origin:
     return scheme, (parts.hostname or "").lower(), parts.port or _DEFAULT_PORTS.get(scheme)
 
 
-def request_headers(scope: Scope, upstream_host: bytes) -> tuple[Headers, bool]:
-    """The headers to send upstream, and whether the request has a body."""
+def request_headers(
+    scope: Scope, upstream_host: bytes, trusted: Sequence[IPNetwork] = ()
+) -> tuple[Headers, bool, Public]:
+    """The headers to send upstream, whether the request has a body, and where the
+    client reached us (its scheme and host: from a `trusted` peer's X-Forwarded-Proto
+    and X-Forwarded-Host, else this hop's own)."""
     kept: Headers = []
     connection: list[bytes] = []
     forwarded: list[bytes] = []
-    host = b""
+    host = proto = forwarded_host = b""
     has_body = False
     for name, value in scope.get("headers", ()):
         name = name.lower()  # one pass, once per name: this runs for every request
@@ -63,6 +85,10 @@ def request_headers(scope: Scope, upstream_host: bytes) -> tuple[Headers, bool]:
             host = value
         elif name == b"x-forwarded-for":
             forwarded.append(value)
+        elif name == b"x-forwarded-proto":
+            proto = value
+        elif name == b"x-forwarded-host":
+            forwarded_host = value
         elif name == b"connection":
             connection.append(value)
         elif name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
@@ -75,16 +101,33 @@ def request_headers(scope: Scope, upstream_host: bytes) -> tuple[Headers, bool]:
     peer = scope.get("client")
     if peer:
         forwarded.append(peer[0].encode("latin-1"))
+    public = Public(scope.get("scheme", "http").encode("latin-1"), host)
+    if (proto or forwarded_host) and trusted and peer and trusted_peer(peer[0], trusted):
+        public = _reported(public, proto, forwarded_host)
     out: Headers = [(b"host", upstream_host), *kept]
     if forwarded:
         out.append((b"x-forwarded-for", b", ".join(forwarded)))
-    out.append((b"x-forwarded-proto", scope.get("scheme", "http").encode("latin-1")))
-    if host:
-        out.append((b"x-forwarded-host", host))
-    return out, has_body
+    out.append((b"x-forwarded-proto", public.scheme))
+    if public.host:
+        out.append((b"x-forwarded-host", public.host))
+    return out, has_body, public
 
 
-def response_headers(raw: Sequence[tuple[bytes, bytes]], scope: Scope, upstream: Origin) -> Headers:
+def _reported(own: Public, proto: bytes, host: bytes) -> Public:
+    """What a trusted peer reported, where it makes sense: the last of a list (the
+    value the peer itself saw or set), a scheme of http or https, a host without
+    spaces or slashes."""
+    scheme = proto.rpartition(b",")[2].strip().lower()
+    name = host.rpartition(b",")[2].strip()
+    return Public(
+        scheme if scheme in _SCHEMES else own.scheme,
+        name if name and not any(c in name for c in b" /\\@") else own.host,
+    )
+
+
+def response_headers(
+    raw: Sequence[tuple[bytes, bytes]], scope: Scope, upstream: Origin, public: Public
+) -> Headers:
     out: Headers = []
     connection: list[bytes] = []
     for name, value in raw:
@@ -94,7 +137,7 @@ def response_headers(raw: Sequence[tuple[bytes, bytes]], scope: Scope, upstream:
                 connection.append(value)
             continue
         if name == b"location":
-            value = _rewrite_location(value, scope, upstream)
+            value = _rewrite_location(value, scope, upstream, public)
         out.append((name, value))
     if connection:
         tokens = _tokens(connection)
@@ -102,7 +145,7 @@ def response_headers(raw: Sequence[tuple[bytes, bytes]], scope: Scope, upstream:
     return out
 
 
-def _rewrite_location(value: bytes, scope: Scope, upstream: Origin) -> bytes:
+def _rewrite_location(value: bytes, scope: Scope, upstream: Origin, public: Public) -> bytes:
     """An absolute URL naming the upstream would send the client around us."""
     try:
         parts = urlsplit(value.decode("latin-1"))
@@ -110,13 +153,13 @@ def _rewrite_location(value: bytes, scope: Scope, upstream: Origin) -> bytes:
             return value  # relative, or another host (a blob storage redirect)
     except ValueError:
         return value
-    host: str = dict(scope.get("headers", [])).get(b"host", b"").decode("latin-1")
+    host = public.host.decode("latin-1")
     if not host and scope.get("server"):
         address, port = scope["server"]
         host = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
     if not host:
         return value
-    scheme: str = scope.get("scheme", "http")
+    scheme = public.scheme.decode("latin-1")
     return urlunsplit((scheme, host, parts.path, parts.query, parts.fragment)).encode("latin-1")
 
 
