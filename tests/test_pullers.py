@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import uuid
 from pathlib import Path
 
 import pytest
@@ -157,6 +158,49 @@ def test_unique_pullers_over_a_range_count_each_puller_once(
         assert history.unique_pullers == 150  # 50 pulled on both days
         Flusher(store, database).flush()
         assert daily(store, database, key, start, end) == history
+    finally:
+        database.close()
+
+
+def test_a_day_s_sketch_grows_by_new_pullers_and_is_rewritten_only_then(
+    database_url: str,
+) -> None:
+    """Flushes of one day row: its own pullers go in with the new row, pullers seen
+    again leave the stored sketch unwritten, new ones are merged into it."""
+    store, database = MemoryStore(durable=True), Database(database_url)
+    rewrites: list[str] = []
+
+    def count_rewrites(_c: object, _cur: object, statement: str, *_: object) -> None:
+        if statement.startswith("UPDATE tag_daily"):
+            rewrites.append(statement)
+
+    sa.event.listen(database.engine, "before_cursor_execute", count_rewrites)
+    pull = TagDelta("org/app", "v1", 1, "2026-11-28T10:00:00Z", D1, ())
+
+    def flush(*clients: int) -> bytes:
+        clients_ = tuple(map(client, clients))
+        store.apply(
+            Batch(uuid.uuid4().hex, tags=[pull._replace(clients=clients_)]), window=10, skew=1
+        )
+        Flusher(store, database).flush()
+        with database.engine.connect() as connection:
+            stored: bytes = connection.scalar(sa.select(tag_daily.c.pullers))
+        return stored
+
+    def sketch(*clients: int) -> bytes:
+        return Sketch().update(puller_key(client(n)) for n in clients).to_bytes()
+
+    try:
+        assert flush(1, 2) == sketch(1, 2)
+        assert flush(2) == sketch(1, 2)
+        assert flush(1, 2) == sketch(1, 2)
+        written = len(rewrites)  # PostgreSQL: none yet; SQLite merges in its upsert
+        assert flush(3) == sketch(1, 2, 3)
+        assert flush() == sketch(1, 2, 3)  # a pull without a puller keeps the sketch
+        if database.dialect == "postgresql":
+            assert (written, len(rewrites)) == (0, 1)
+        with database.engine.connect() as connection:
+            assert connection.scalar(sa.select(tag_daily.c.pull_count)) == 5
     finally:
         database.close()
 

@@ -5,8 +5,9 @@ CONFLICT DO UPDATE`) per table, executed for all rows of a claim. On
 PostgreSQL the rows first travel by COPY into a temporary table of the
 session (psycopg formats COPY rows in C; the arrays of parameters used before
 were built in Python, about a quarter of a flush cycle in a profile), and one
-upsert reads them from there. Then each day's sketch of pullers is merged,
-row by row.
+upsert reads them from there. Each day row's sketch of pullers (HyperLogLog)
+goes in with the row's upsert; on PostgreSQL a stored sketch is merged after
+it and written back only when it changed.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Iterable
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, case, func, select, tuple_
+from sqlalchemy import Connection, Table, case, func, select, tuple_
 from sqlalchemy import column as sql_column
 from sqlalchemy import table as sql_table
 from sqlalchemy.dialects import postgresql, sqlite
@@ -38,32 +39,67 @@ def add(connection: Connection, dialect: str, deltas: Iterable[Delta]) -> None:
     """Add a claim's deltas: totals, days, and who pulled each day."""
     tables, pullers = table_rows(deltas)
     for table, rows in tables:
-        if not rows:
-            continue
-        found = pullers.get(table)
-        names = ROW_COLUMNS[table]
-        if dialect == "postgresql":
-            # The upsert reads the staged rows in key order: two workers upserting the
-            # same rows lock them in the same order, so PostgreSQL never sees a deadlock.
-            # (Sorting them here as well cost a sixth of the write.)
-            # A day row's upsert also returns its sketch: read under the row's lock.
-            upsert = _staged_upsert(connection, table, names, rows)
-            if found:
-                upsert = upsert.returning(*table.primary_key.columns, table.c.pullers)
-                stored = {tuple(row[:3]): row[3] for row in connection.execute(upsert)}
-                _merge_pullers(connection, dialect, table, found, stored)
-            else:
-                connection.execute(upsert)
-        else:
-            # SQLite locks the whole file, so no order is needed against deadlocks;
-            # in key order, the rows land in B-tree pages one after another.
-            rows.sort(key=itemgetter(*range(len(table.primary_key.columns))))
-            parameters = [dict(zip(names, row, strict=True)) for row in rows]
-            connection.execute(upsert_statement(dialect, table), parameters)
-            if found:
-                _merge_pullers(
-                    connection, dialect, table, found, _sketches(connection, table, found)
-                )
+        if rows and dialect == "postgresql":
+            _add_postgresql(connection, table, rows, pullers.get(table))
+        elif rows:
+            _add_sqlite(connection, table, rows, pullers.get(table))
+
+
+def _add_postgresql(
+    connection: Connection, table: Table, rows: list[tuple[Any, ...]], found: Found | None
+) -> None:
+    """The upsert reads the staged rows in key order: two workers upserting the same
+    rows lock them in the same order, so PostgreSQL never sees a deadlock. (Sorting
+    them here as well cost a sixth of the write.)
+
+    A day row's sketch of who pulled: a new row is inserted with the sketch of its
+    own pullers; the upsert leaves a stored sketch as it is and returns it, read
+    under the row's lock; only a sketch the merge changes is written back (a puller
+    seen again that day changes none)."""
+    names = ROW_COLUMNS[table]
+    if not found:
+        connection.execute(_staged_upsert(connection, table, names, rows))
+        return
+    own = {key: Sketch().update(hashes) for key, hashes in found.items()}
+    blobs = {key: sketch.to_bytes() for key, sketch in own.items()}
+    rows = [(*row, blobs.get(row[:3])) for row in rows]
+    upsert = _staged_upsert(connection, table, (*names, "pullers"), rows)
+    returned = connection.execute(upsert.returning(*table.primary_key.columns, table.c.pullers))
+    changed = []
+    for repository, name, day, stored in returned.all():
+        key = (repository, name, day)
+        blob = blobs.get(key)
+        if blob is None or stored == blob:
+            continue  # none of ours, or inserted with ours
+        merged = _stored(stored, key).merge(own[key]).to_bytes()
+        if merged != stored:
+            changed.append((repository, name, day, 0, merged))
+    if changed:  # staged too, then one UPDATE … FROM
+        staged = _stage(connection, table, [c.name for c in table.c], changed).c
+        key_column = table.c.tag if table is tag_daily else table.c.digest
+        where = (table.c.repository == staged[0], key_column == staged[1], table.c.day == staged[2])
+        connection.execute(table.update().where(*where).values(pullers=staged[4]))
+
+
+def _add_sqlite(
+    connection: Connection, table: Table, rows: list[tuple[Any, ...]], found: Found | None
+) -> None:
+    """SQLite locks the whole file, so no order is needed against deadlocks; in key
+    order, the rows land in B-tree pages one after another. The transaction holds
+    that lock already (the claim id went in first): the stored sketches are read and
+    merged here, and go in with the upsert itself."""
+    names = ROW_COLUMNS[table]
+    rows.sort(key=itemgetter(*range(len(table.primary_key.columns))))
+    if found:
+        stored = _sketches(connection, table, found)
+        blobs = {
+            key: _stored(stored.get(key), key).update(hashes).to_bytes()
+            for key, hashes in found.items()
+        }
+        names = (*names, "pullers")
+        rows = [(*row, blobs.get(row[:3])) for row in rows]
+    parameters = [dict(zip(names, row, strict=True)) for row in rows]
+    connection.execute(upsert_statement("sqlite", table, pullers=bool(found)), parameters)
 
 
 # The columns of the rows table_rows() makes for each table, primary key first.
@@ -138,39 +174,6 @@ def _sketches(connection: Connection, table: Table, found: Found) -> dict[tuple[
     return stored
 
 
-def _merge_pullers(
-    connection: Connection,
-    dialect: str,
-    table: Table,
-    found: Found,
-    stored: dict[tuple[Any, ...], Any],
-) -> None:
-    """Merge who pulled into each day's sketch. After the upserts: the rows exist and
-    this transaction holds their locks, so a second worker cannot merge in between."""
-    name = table.c.tag if table is tag_daily else table.c.digest
-    keys = sorted(found)
-    blobs = [_stored(stored.get(key), key).update(found[key]).to_bytes() for key in keys]
-    if dialect == "postgresql":  # the sketches staged too, then one UPDATE … FROM
-        sketches = [(*key, 0, blob) for key, blob in zip(keys, blobs, strict=True)]
-        staged = _stage(connection, table, [c.name for c in table.c], sketches).c
-        where = (table.c.repository == staged[0], name == staged[1], table.c.day == staged[2])
-        connection.execute(table.update().where(*where).values(pullers=staged[4]))
-        return
-    update = (
-        table.update()
-        .where(
-            table.c.repository == bindparam("r"),
-            name == bindparam("n"),
-            table.c.day == bindparam("d"),
-        )
-        .values(pullers=bindparam("pullers"))
-    )
-    rows = [
-        {"r": k[0], "n": k[1], "d": k[2], "pullers": b} for k, b in zip(keys, blobs, strict=True)
-    ]
-    connection.execute(update, rows)
-
-
 def _staged_upsert(
     connection: Connection, table: Table, names: tuple[str, ...], rows: list[tuple[Any, ...]]
 ) -> Any:
@@ -205,10 +208,17 @@ def _stage(
 
 
 def upsert_statement(
-    dialect: str, table: Table, source: Any = None, names: list[str] | None = None
+    dialect: str,
+    table: Table,
+    source: Any = None,
+    names: list[str] | None = None,
+    *,
+    pullers: bool = False,
 ) -> Any:
     """`INSERT … ON CONFLICT DO UPDATE` adding counts and keeping the later date; with
-    a `source` (a SELECT of `names`), its rows come from there."""
+    a `source` (a SELECT of `names`), its rows come from there. A row's `pullers` go
+    in with a new row only, unless `pullers`: then a sketch given (merged already)
+    replaces the stored one."""
     insert = (postgresql if dialect == "postgresql" else sqlite).insert(table)
     if source is not None:
         insert = insert.from_select(names, source)
@@ -233,6 +243,8 @@ def upsert_statement(
             (latest(new) >= latest(old), new.current_manifest_digest),
             else_=old.current_manifest_digest,
         )
+    if pullers:
+        updates["pullers"] = func.coalesce(new.pullers, old.pullers)
     keys = [column.name for column in table.primary_key.columns]
     return insert.on_conflict_do_update(index_elements=keys, set_=updates)
 
