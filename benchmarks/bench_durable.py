@@ -4,7 +4,9 @@
 
 Starts its own redis-server and PostgreSQL (and an SQLite file). Prints one table:
 - flush throughput, key-deltas per second, Redis → SQLite and → PostgreSQL, against
-  one upsert statement per key (same rows, same database, same run);
+  one upsert statement per key (same rows, same database, same run); with 3 unique
+  pullers per key-delta; and again into rows that exist (what a busy registry's
+  flushes mostly are), without and with the same pullers;
 - the seed routes' read with a database (SQL total + what Redis holds) against the
   Redis-only read, median of 2,000;
 - Redis `used_memory` after `--pulls` pulls over `--keys` tags, before and after a flush.
@@ -82,12 +84,22 @@ class OneUpsertPerKey(Database):
 
 
 def flush_rate(
-    client: redis.Redis, url: str, keys: int, kind: type[Database] = Database, pullers: int = 0
+    client: redis.Redis,
+    url: str,
+    keys: int,
+    kind: type[Database] = Database,
+    pullers: int = 0,
+    again: bool = False,
 ) -> float:
+    """Key-deltas per second moved into a fresh database; `again`: into rows that
+    exist (the same keys flushed once before, untimed: each row an update)."""
     client.flushall()
     store = RedisStore(client, durable=True)
-    fill(store, keys, pullers)
     fresh_database(url).close()
+    if again:
+        fill(store, keys, pullers)
+        Flusher(store, Database(url)).flush()
+    fill(store, keys, pullers)
     database = kind(url)
     started = time.perf_counter()
     moved = Flusher(store, database).flush()
@@ -202,6 +214,10 @@ def main() -> None:
             with_pullers = flush_rate(client, url, args.keys, pullers=3)
             rows.append(("  the same, 3 unique pullers per key-delta", f"{with_pullers:,.0f}/s",
                          "", ""))  # fmt: skip
+            again = flush_rate(client, url, args.keys, again=True)
+            again_pullers = flush_rate(client, url, args.keys, pullers=3, again=True)
+            rows.append(("  again, into rows that exist (updates)", f"{again:,.0f}/s", "", ""))
+            rows.append(("  again, with the same 3 pullers", f"{again_pullers:,.0f}/s", "", ""))
 
         client.flushall()
         config: dict[str, Any] = {"enabled": True, "redis": {"url": server.url}}
