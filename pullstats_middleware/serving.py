@@ -118,6 +118,7 @@ def run_flusher(config: PullStatsConfig, *, once: bool, interval: float) -> int:
     import time
 
     from pullstats_middleware.durable import Database, Flusher
+    from pullstats_middleware.durable.flusher import freeze_startup_heap
     from pullstats_middleware.store import redis_store
 
     assert config.redis is not None and config.database is not None
@@ -125,6 +126,7 @@ def run_flusher(config: PullStatsConfig, *, once: bool, interval: float) -> int:
     check_database(config.database)
     store = redis_store(config.redis, prefix=config.key_prefix, durable=True)
     flusher = Flusher(store, Database(config.database), history_days=config.history_days)
+    freeze_startup_heap()
     if once:
         try:
             return flusher.flush()

@@ -4,6 +4,7 @@ and `demo` and `proxy` as real subprocesses on free ports."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import shlex
@@ -650,6 +651,9 @@ def test_db_upgrade_then_flush_once(
     )
     assert code == 0, err
     assert out.strip() == "pullstats: moved 2 record(s) to the database"
+    # The worker froze its startup heap (durable/flusher.py); give this process its own back.
+    assert gc.get_freeze_count() > 0
+    gc.unfreeze()
     assert metrics.get_tag_statistics("library/flushed", "v1")["tag_pull_count"] == 1  # from SQL
     metrics.close()
     code, _, err = run(["flush", "--once", "--database", database], capsys)
