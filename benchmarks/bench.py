@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import redis
+from figures import print_table  # type: ignore[import-not-found]
 
 from pullstats_middleware import (
     PullMetrics,
@@ -376,9 +377,7 @@ def main() -> None:
     rows += request_overhead(n // 10)
     rows += memory_while_down(pulls=1_000_000, keys=100_000, cap=50_000)
     header: Row = ("figure", "ours", "baseline (same run)", "difference", "target")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(5)]
-    for r in [header, tuple("-" * w for w in widths), *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+    print_table(header, rows)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from figures import print_table  # type: ignore[import-not-found]
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import redis
@@ -169,11 +171,7 @@ def report(rows: list[tuple[int, dict[str, list[Sample]]]], options: argparse.Na
         f"dashboard of {REPOSITORY} ({tags}, a year of daily history, SQLite), "
         f"median of {options.loads} loads in headless Chromium"
     )
-    widths = [max(len(line[n]) for line in table) for n in range(4)]
-    for i, line in enumerate(table):
-        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)))
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+    print_table(table[0], table[1:])
 
 
 if __name__ == "__main__":

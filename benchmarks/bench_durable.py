@@ -27,6 +27,7 @@ from typing import Any
 
 import redis
 import sqlalchemy as sa
+from figures import print_table  # type: ignore[import-not-found]
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -269,9 +270,7 @@ def main() -> None:
                      "after a flush", f"-{(held - after) / 2**20:.1f} MiB"))  # fmt: skip
         metrics.close()
     header = ("figure", "ours", "baseline (same run)", "difference")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
-    for line in [header, tuple("-" * w for w in widths), *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)))
+    print_table(header, rows)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+from figures import print_table  # type: ignore[import-not-found]
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pullstats_middleware.durable import Database
@@ -136,9 +138,7 @@ def main() -> None:
                               f"≤ {TARGET_MIB} MiB"))  # fmt: skip
     header = ("figure", "ours", "baseline (same run)", "difference", "target")
     print(f"{args.rows:,} rows of history, each export in a fresh process")
-    widths = [max(len(r[i]) for r in [header, *table]) for i in range(len(header))]
-    for line in [header, tuple("-" * w for w in widths), *table]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+    print_table(header, table)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from figures import print_table  # type: ignore[import-not-found]
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -66,11 +67,7 @@ def main() -> None:
         (label, f"{ours[0]:.2f} ms", f"{base[0]:.2f} ms (SCAN of every key)",
          f"x{base[0] / ours[0]:.0f} faster"),
     ]  # fmt: skip
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    for n, row in enumerate(rows):
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-        if n == 0:
-            print("  ".join("-" * w for w in widths))
+    print_table(rows[0], rows[1:])
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from typing import Any
 
 import httpx2
 import uvicorn
+from figures import print_table  # type: ignore[import-not-found]
 from prometheus_client import CollectorRegistry, make_asgi_app
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -195,9 +196,7 @@ def main() -> None:
         "prometheus-client's app (same run)",
         "difference",
     )
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(5)]
-    for r in [header, tuple("-" * w for w in widths), *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+    print_table(header, rows)
 
 
 if __name__ == "__main__":

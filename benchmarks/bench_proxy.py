@@ -28,6 +28,8 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from figures import print_table  # type: ignore[import-not-found]
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from registry_load import (  # type: ignore[import-not-found]
@@ -194,15 +196,11 @@ def table(setups: list[Setup], counts: dict[str, int], args: argparse.Namespace)
                 f"{statistics.median(s.blob):,.0f} MiB/s",
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     print(
         f"manifest GETs by tag: median of {args.rounds} interleaved rounds of {args.requests} "
         f"(h2load --h1); one at a time: 1,000 each; blob: median of {args.rounds}"
     )
-    for n, r in enumerate(rows):
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-        if n == 0:
-            print("  ".join("-" * w for w in widths))
+    print_table(rows[0], rows[1:])
     print("* median of each round's rate over the direct rate of the same round")
     print("targets for pullstats proxy: ≥ 0.75 of direct, ≤ +0.6 ms p50, ≤ 4 s CPU per 10,000")
     nginx = next((s for s in setups if s.name.startswith("nginx")), None)

@@ -38,6 +38,8 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from figures import print_table  # type: ignore[import-not-found]
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
@@ -154,7 +156,7 @@ def table(title: str, servers: list[Server], check: list[str], uvicorn: bool) ->
     bare = servers[0]
     print(f"\n{title}")
     head = ("request", "set-up", "CPU µs/request", "req/s", "added CPU (middle half)", "target")
-    rows = [head]
+    rows: list[tuple[str, ...]] = []
     for kind in bare.cpu_us:
         for s in servers:
             manifest = kind.startswith("manifest") and uvicorn and s is not bare
@@ -168,11 +170,7 @@ def table(title: str, servers: list[Server], check: list[str], uvicorn: bool) ->
                     f"≤ +{TARGET_ADDED_US:.0f} µs" if manifest else "",
                 )
             )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    for i, row in enumerate(rows):
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+    print_table(head, rows)
     for line in check:
         print(line)
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+from figures import print_table  # type: ignore[import-not-found]
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -148,9 +149,7 @@ def main() -> None:
                 dockerd.docker("pull", f"{host}/gap/app:v1")
             rows.append(row("docker 20.10, anonymous", tap))
     header = ("client and flow", "pairs", "401s", "median HEAD→GET", "slowest")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for line in [header, tuple("-" * w for w in widths), *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)))
+    print_table(header, rows)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from figures import print_table  # type: ignore[import-not-found]
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from registry_load import (  # type: ignore[import-not-found]
@@ -198,12 +200,8 @@ def main() -> None:
                 f"{statistics.median(cpus[name]):.1f} s",
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
     print(f"median of {args.rounds} interleaved rounds of {args.requests} manifest GETs by tag")
-    for n, r in enumerate(rows):
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-        if n == 0:
-            print("  ".join("-" * w for w in widths))
+    print_table(rows[0], rows[1:])
 
 
 if __name__ == "__main__":
