@@ -9,8 +9,8 @@ live and what is claimed but not yet committed (`Pending`).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from types import MappingProxyType
+from typing import Any, NamedTuple, Protocol
 
 from pullstats_middleware.store.base import StoreDataError
 
@@ -21,18 +21,23 @@ class RecordKey(NamedTuple):
     name: str  # the tag, or the digest
 
 
-@dataclass(frozen=True, slots=True)
-class Delta:
-    """Pulls of one tag or manifest not yet in SQL."""
+_NONE: Mapping[str, Any] = MappingProxyType({})
+
+
+class Delta(NamedTuple):
+    """Pulls of one tag or manifest not yet in SQL.
+
+    A named tuple: a flush makes tens of thousands a second, and one costs 0.22 µs
+    to make where a frozen dataclass cost 0.62 µs (its fields are set one by one)."""
 
     key: RecordKey
     pull_count: int
     last_pull_date: str | None
     current_manifest_digest: str | None = None
-    days: Mapping[str, int] = field(default_factory=dict)  # "YYYY-MM-DD" -> pulls
+    days: Mapping[str, int] = _NONE  # "YYYY-MM-DD" -> pulls
     last_push_date: str | None = None
     # "YYYY-MM-DD" -> who pulled that day (puller hashes, see puller.py)
-    pullers: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    pullers: Mapping[str, frozenset[str]] = _NONE
 
     @property
     def latest(self) -> str:
