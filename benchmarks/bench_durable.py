@@ -102,7 +102,9 @@ def flush_rate(
     fresh_database(url).close()
     if again:
         fill(store, keys, pullers)
-        Flusher(store, Database(url)).flush()
+        first = Database(url)
+        Flusher(store, first).flush()
+        first.close()
     fill(store, keys, pullers)
     database = kind(url)
     started = time.perf_counter()

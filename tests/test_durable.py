@@ -30,7 +30,9 @@ from pullstats_middleware.store import (
     RedisStore,
     TagDelta,
 )
+from pullstats_middleware.store.base import StoreDataError
 from pullstats_middleware.store.pending import RecordKey
+from pullstats_middleware.store.redis_records import claimed_deltas
 from tests.apps import Driver, make_driver
 from tests.conftest import new_postgres_database
 from tests.e2e.services import RedisServer
@@ -398,3 +400,12 @@ def test_held_reads_the_dirty_set_and_finds_what_a_keyspace_scan_finds(
     found = store.held("tag", "org/app")
     store.durable = False  # the keyspace scan, for comparison
     assert store.held("tag", "org/app") == found == {f"v{n}" for n in range(30)}
+
+
+@pytest.mark.parametrize("value", [b"1,2", b"{", b"[1]", b'{"a": 1}, {"b": 2}'])
+def test_a_claim_value_that_is_not_one_json_object_names_its_claim(value: bytes) -> None:
+    """The claim's values are parsed as one array: a value that is not exactly one
+    object (it would shift every record after it) is an error naming the claim."""
+    reply = [b"pull_metrics/tag/r/t", b'{"pull_count": "1"}', b"pull_metrics/tag/r/u", value]
+    with pytest.raises(StoreDataError, match="claim c1 holds fields that are not JSON objects"):
+        claimed_deltas(reply, "claim c1", lambda key, fields, where: (key, fields))

@@ -144,7 +144,13 @@ def claimed_deltas(
     try:
         parsed = json.loads("[" + ",".join(values) + "]")
     except ValueError:
-        raise StoreDataError(f"{where} holds fields that are not JSON") from None
+        parsed = None
+    if (
+        not isinstance(parsed, list)
+        or len(parsed) != len(values)  # a value of several, which would shift the rest
+        or not all(type(fields) is dict for fields in parsed)
+    ):
+        raise StoreDataError(f"{where} holds fields that are not JSON objects")
     return [
         delta(_text(key), fields, where) for key, fields in zip(reply[::2], parsed, strict=True)
     ]
