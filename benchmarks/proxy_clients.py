@@ -8,12 +8,14 @@ httptools, access log off) in its own process in front of the same
 docker-registry; `pullstats proxy` itself is a row too. Interleaved rounds of
 manifest GETs by tag at concurrency 32 (h2load, HTTP/1.1 keep-alive), the
 forwarder's CPU during them, and a one-at-a-time p50; medians are printed.
-Needs docker-registry and h2load (nghttp2-client).
+Needs docker-registry and h2load (nghttp2-client). Candidates that are not
+dependencies are left out unless installed: `pip install aiohttp pyreqwest aiosonic`.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
 import sys
@@ -58,83 +60,123 @@ def lifespan(open_client: Callable[[], Any], close: Callable[[], Any]) -> Any:
     return run
 
 
-class Httpx2Forwarder:
-    """httpx2 (httpcore2's pool), as `pullstats proxy` used it, or with a pool sized to the load."""
-
-    def __init__(self, upstream: str, keepalive: int) -> None:
-        import httpx2
-
-        self.upstream, self.keepalive, self.httpx2 = upstream, keepalive, httpx2
-        self.host = upstream.removeprefix("http://").encode()
-        self.origin = ("http", *self.host.decode().split(":"))
-        self.client: Any = None
-
-    def open(self) -> None:
-        limits = self.httpx2.Limits(max_connections=1000, max_keepalive_connections=self.keepalive)
-        self.client = self.httpx2.AsyncClient(limits=limits, trust_env=False, timeout=60)
-
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            await lifespan(self.open, lambda: self.client.aclose())(receive, send)
-            return
-        headers, _ = request_headers(scope, self.host)
-        request = self.client.build_request(
-            scope["method"], self.upstream + scope["raw_path"].decode(), headers=headers
-        )
-        response = await self.client.send(request, stream=True)
-        try:
-            out = response_headers(response.headers.raw, scope, self.origin)
-            start = {"type": "http.response.start", "status": response.status_code}
-            await send({**start, "headers": out})
-            async for chunk in response.aiter_raw():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
-        finally:
-            await response.aclose()
-
-
-class AiohttpForwarder:
-    """aiohttp's ClientSession with a TCPConnector pool."""
+class Forwarder:
+    """What every candidate shares: the upstream's address, the pullstats header
+    handling, and an answer read whole (manifests are small)."""
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
         self.host = upstream.removeprefix("http://").encode()
-        self.origin = ("http", *self.host.decode().split(":"))
-        self.session: Any = None
+        name, port = self.host.decode().rsplit(":", 1)
+        self.origin = ("http", name, int(port))
+        self.client: Any = None
+
+    def open(self) -> Any:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def fetch(self, method: str, url: str, headers: list[tuple[str, str]]) -> Any:
+        """(status, [(name, value) as bytes], body)"""
+        raise NotImplementedError
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await lifespan(self.open, self.close)(receive, send)
+            return
+        headers, _, public = request_headers(scope, self.host)
+        names = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers]
+        url = self.upstream + scope["raw_path"].decode()
+        status, raw, body = await self.fetch(scope["method"], url, names)
+        out = response_headers(raw, scope, self.origin, public)
+        await send({"type": "http.response.start", "status": status, "headers": out})
+        await send({"type": "http.response.body", "body": body})
+
+
+class Httpx2Forwarder(Forwarder):
+    """httpx2 (httpcore2's pool), sized to the load: what the proxy used first."""
+
+    def open(self) -> None:
+        import httpx2
+
+        limits = httpx2.Limits(max_connections=1000, max_keepalive_connections=32)
+        self.client = httpx2.AsyncClient(limits=limits, trust_env=False, timeout=60)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def fetch(self, method: str, url: str, headers: list[tuple[str, str]]) -> Any:
+        response = await self.client.request(method, url, headers=headers)
+        return response.status_code, response.headers.raw, response.content
+
+
+class AiohttpForwarder(Forwarder):
+    """aiohttp's ClientSession with a TCPConnector pool: what the proxy used next."""
 
     def open(self) -> None:
         import aiohttp
 
-        self.session = aiohttp.ClientSession(
+        self.client = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=1000, limit_per_host=0),
             auto_decompress=False,
             skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent"),
             cookie_jar=aiohttp.DummyCookieJar(),
         )
 
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            await lifespan(self.open, lambda: self.session.close())(receive, send)
-            return
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def fetch(self, method: str, url: str, headers: list[tuple[str, str]]) -> Any:
         import yarl
 
-        headers, _ = request_headers(scope, self.host)
-        url = yarl.URL(self.upstream + scope["raw_path"].decode(), encoded=True)
-        names = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers]
-        async with self.session.request(
-            scope["method"], url, headers=names, allow_redirects=False
+        async with self.client.request(
+            method, yarl.URL(url, encoded=True), headers=headers, allow_redirects=False
         ) as response:
-            out = response_headers(list(response.raw_headers), scope, self.origin)
-            await send({"type": "http.response.start", "status": response.status, "headers": out})
-            async for chunk in response.content.iter_any():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
+            return response.status, list(response.raw_headers), await response.read()
 
 
-CANDIDATES: dict[str, Callable[[str], Any]] = {
-    "httpx2, pool as shipped before (keep-alive 100)": lambda u: Httpx2Forwarder(u, 100),
-    "httpx2, pool sized to the load (keep-alive 32)": lambda u: Httpx2Forwarder(u, 32),
-    "aiohttp ClientSession + TCPConnector": AiohttpForwarder,
+class PyreqwestForwarder(Forwarder):
+    """pyreqwest: Rust's reqwest (hyper) on its own tokio threads."""
+
+    def open(self) -> None:
+        from pyreqwest.client import ClientBuilder
+
+        self.client = ClientBuilder().follow_redirects(False).build()
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def fetch(self, method: str, url: str, headers: list[tuple[str, str]]) -> Any:
+        headers = [(name, value) for name, value in headers if name != "host"]
+        response = await self.client.request(method, url).headers(headers).build().send()
+        raw = [(name.encode(), value.encode()) for name, value in response.headers.items()]
+        return response.status, raw, bytes(await response.bytes())
+
+
+class AiosonicForwarder(Forwarder):
+    """aiosonic: a pure-Python asyncio client that bills itself as the fastest."""
+
+    def open(self) -> None:
+        import aiosonic
+
+        self.client = aiosonic.HTTPClient()
+
+    async def close(self) -> None:
+        await self.client.shutdown()
+
+    async def fetch(self, method: str, url: str, headers: list[tuple[str, str]]) -> Any:
+        response = await self.client.request(url, method=method, headers=dict(headers))
+        raw = [(name.encode(), value.encode()) for name, value in response.raw_headers]
+        return response.status_code, raw, await response.content()
+
+
+# The import each candidate needs: one that is not installed is left out, and said so.
+CANDIDATES: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "httpx2 (pool of 32 kept alive)": ("httpx2", Httpx2Forwarder),
+    "aiohttp ClientSession + TCPConnector": ("aiohttp", AiohttpForwarder),
+    "pyreqwest": ("pyreqwest", PyreqwestForwarder),
+    "aiosonic": ("aiosonic", AiosonicForwarder),
 }
 
 
@@ -144,7 +186,7 @@ def run_candidate(name: str, upstream: str, port: int) -> None:
     from pullstats_middleware import PullStatsASGIMiddleware, PullStatsConfig
 
     config = PullStatsConfig(enabled=True, flush_interval=0.5)
-    app = PullStatsASGIMiddleware(CANDIDATES[name](upstream), config=config)
+    app = PullStatsASGIMiddleware(CANDIDATES[name][1](upstream), config=config)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
@@ -165,7 +207,10 @@ def main() -> None:
         seed(direct, 1)
         # The registry's row: its own CPU, for scale.
         setups: dict[str, tuple[str, int]] = {"registry directly": (direct, registry_proc.pid)}
-        for name in CANDIDATES:
+        for name, (module, _) in CANDIDATES.items():
+            if importlib.util.find_spec(module) is None:
+                print(f"left out: {name} (pip install {module})")
+                continue
             port = free_port()
             command = [sys.executable, __file__, "--serve", name, direct, str(port)]
             proc = stack.enter_context(serve(command, f"http://127.0.0.1:{port}/v2/", env))

@@ -7,8 +7,9 @@ HTTP intermediary must change (hop-by-hop headers, Host, X-Forwarded-*, a
 Location naming the upstream). Bodies stream in both directions in constant
 memory, so multi-GB blob uploads and downloads pass as they would directly.
 
-The upstream client is aiohttp's: measured against httpx2 (with its pool as
-shipped before and sized to the load) it costs about a quarter of the CPU per
+The upstream client is the proxy's own pool of HTTP/1.1 connections, parsed by
+httptools (proxy/upstream.py): measured against aiohttp, httpx2, pyreqwest and
+aiosonic in front of the same registry, it costs about half their CPU per
 manifest request (benchmarks/proxy_clients.py).
 """
 
@@ -16,22 +17,27 @@ from __future__ import annotations
 
 import json
 import logging
-import ssl
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING
 from urllib.parse import quote_from_bytes, urlsplit
 
-import aiohttp
 import anyio
-import yarl
 
+from pullstats_middleware.proxy.connection import (
+    Connection,
+    Unreachable,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from pullstats_middleware.proxy.headers import (
     Public,
     check_upstream,
+    host_header,
     origin,
     request_headers,
     response_headers,
 )
+from pullstats_middleware.proxy.upstream import UpstreamPool
 
 if TYPE_CHECKING:
     from starlette.types import Receive, Scope, Send
@@ -44,12 +50,7 @@ _NO_CONTENT = frozenset((204, 304))
 # Answers up to this size (manifests, errors, tag lists) are read whole and sent
 # in one message: no watcher task, and an upstream failure is still a clean 502.
 _WHOLE_BYTES = 256 * 1024
-# What the upstream socket may buffer per response before reading pauses; with
-# 1 MiB a blob crosses Python in fewer, larger pieces (benchmarks/bench_proxy.py).
-_READ_BYTES = 1 << 20
 _URL_SAFE = bytes(range(0x21, 0x7F)).decode().replace("#", "")
-# aiohttp adds these when absent; a proxy sends only what its client sent.
-_NOT_ADDED = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 
 
 class RegistryProxy:
@@ -61,55 +62,38 @@ class RegistryProxy:
         *,
         connect_timeout: float = 5.0,
         read_timeout: float = 60.0,
-        session: aiohttp.ClientSession | None = None,
         trusted_proxies: Sequence[IPNetwork] = (),
     ) -> None:
         if not connect_timeout > 0 or not read_timeout > 0:
             raise ValueError("connect_timeout and read_timeout must be positive numbers of seconds")
         self.upstream = check_upstream(upstream)
-        # IDNA-encoded, with the port unless it is the scheme's default.
-        self._host = (yarl.URL(self.upstream).host_port_subcomponent or "").encode()
+        self._host = host_header(self.upstream)
         self._origin = origin(urlsplit(self.upstream))
         # Connecting is short; waiting for a pool slot or for the upstream's bytes gets the
         # read timeout. An upload is paced by its client: the read clock starts after it.
-        self._timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=max(connect_timeout, read_timeout),
-            sock_connect=connect_timeout,
-            sock_read=read_timeout,
-        )
-        self._session = session
-        self._owns_session = session is None
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self._pool: UpstreamPool | None = None
         # Peers whose X-Forwarded-Proto and X-Forwarded-Host say where the client
         # reached them (PULL_METRICS_TRUSTED_PROXIES): a balancer that ends TLS.
         self._trusted = tuple(trusted_proxies)
 
     @property
-    def session(self) -> aiohttp.ClientSession:
+    def pool(self) -> UpstreamPool:
         # Lazily, inside the event loop, for servers that skip lifespan; one pool for all.
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(
-                    limit=1000,
-                    keepalive_timeout=30.0,
-                    # The system trust store (honours SSL_CERT_FILE/SSL_CERT_DIR), where
-                    # operators put the CA of a private registry.
-                    ssl=ssl.create_default_context(),
-                ),
-                timeout=self._timeout,
-                auto_decompress=False,  # bytes pass as the upstream encoded them
-                skip_auto_headers=_NOT_ADDED,
-                # The shared session must never keep one user's Set-Cookie for another.
-                cookie_jar=aiohttp.DummyCookieJar(),
-                read_bufsize=_READ_BYTES,
-                trust_env=False,  # no HTTP(S)_PROXY detour
+        # It keeps no cookies and knows no HTTP(S)_PROXY: bytes pass as the upstream sent them.
+        if self._pool is None:
+            self._pool = UpstreamPool(
+                self.upstream,
+                connect_timeout=self._connect_timeout,
+                read_timeout=self._read_timeout,
             )
-        return self._session
+        return self._pool
 
     async def aclose(self) -> None:
-        if self._owns_session and self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.aclose()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -118,7 +102,7 @@ class RegistryProxy:
             while True:
                 message = await receive()
                 if message["type"] == "lifespan.startup":
-                    self.session  # noqa: B018 -- create the pool before the first request
+                    self.pool  # noqa: B018 -- create the pool before the first request
                     await send({"type": "lifespan.startup.complete"})
                 elif message["type"] == "lifespan.shutdown":
                     await self.aclose()
@@ -130,34 +114,25 @@ class RegistryProxy:
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers, has_body, public = request_headers(scope, self._host, self._trusted)
+        # The exact bytes on the wire: a parsed URL would drop dot segments and re-encode.
         target = scope.get("raw_path") or scope["path"].encode()
         if scope.get("query_string"):
             target += b"?" + scope["query_string"]
-        # The exact bytes on the wire: a parsed URL would drop dot segments and re-encode.
-        url = yarl.URL(self.upstream + quote_from_bytes(target, safe=_URL_SAFE), encoded=True)
+        if not target.isascii() or b"#" in target:
+            target = quote_from_bytes(target, safe=_URL_SAFE).encode()
         body = _Body(receive)
+        pool = self.pool
         try:
-            response = await self.session.request(
-                scope["method"],
-                url,
-                headers=[
-                    (
-                        name.decode("latin-1"),
-                        value.decode("latin-1") if value.isascii() else _text(value),
-                    )
-                    for name, value in headers
-                ],
-                data=body if has_body else None,
-                allow_redirects=False,
+            response = await pool.request(
+                scope["method"].encode(), target, headers, body if has_body else None
             )
-        except TimeoutError as exc:  # aiohttp's timeouts are TimeoutErrors
+        except UpstreamTimeout as exc:
             await _unavailable(send, 504, "the upstream registry did not answer in time", exc)
             return
-        except aiohttp.ClientError as exc:
+        except (UpstreamError, ConnectionAbortedError) as exc:
             if body.gone:
                 return  # our client left mid-upload; nobody to answer
-            unreachable = isinstance(exc, aiohttp.ClientConnectorError)
-            why = "is unreachable" if unreachable else "broke off the exchange"
+            why = "is unreachable" if isinstance(exc, Unreachable) else "broke off the exchange"
             await _unavailable(send, 502, f"the upstream registry {why}", exc)
             return
         try:
@@ -166,11 +141,11 @@ class RegistryProxy:
             done = body.done if watch else None
             await self._answer(response, scope, public, receive, send, done)
         finally:
-            response.release()  # closes the connection unless the body was read to its end
+            pool.release(response)  # closes the connection unless the body was read to its end
 
     async def _answer(
         self,
-        response: aiohttp.ClientResponse,
+        response: Connection,
         scope: Scope,
         public: Public,
         receive: Receive,
@@ -178,7 +153,7 @@ class RegistryProxy:
         done: bool | None,
     ) -> None:
         status = response.status
-        headers = response_headers(response.raw_headers, scope, self._origin, public)
+        headers = response_headers(response.headers, scope, self._origin, public)
         bodiless = status < 200 or status in _NO_CONTENT
         if bodiless:
             # No body, ever (RFC 9110 §6.4.1): a Content-Length here would make the
@@ -192,7 +167,7 @@ class RegistryProxy:
         if length is not None and length <= _WHOLE_BYTES:
             try:
                 whole = await response.read()
-            except (aiohttp.ClientError, TimeoutError) as exc:
+            except UpstreamError as exc:
                 await _unavailable(send, 502, "the upstream registry broke off the exchange", exc)
                 return
             await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -216,11 +191,11 @@ class RegistryProxy:
             raise failure
 
 
-async def _stream(response: aiohttp.ClientResponse, send: Send) -> None:
+async def _stream(response: Connection, send: Send) -> None:
     try:
-        async for chunk in response.content.iter_any():
+        async for chunk in response.chunks():
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
-    except (aiohttp.ClientError, TimeoutError) as exc:
+    except UpstreamError as exc:
         # Too late for a 502: leave the response incomplete so the server
         # closes the connection and the client sees a truncated body.
         log.warning("pullstats proxy: upstream response broke off (%r)", exc)
@@ -236,14 +211,6 @@ async def _unavailable(send: Send, status: int, message: str, exc: BaseException
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
-
-
-def _text(raw: bytes) -> str:
-    # aiohttp writes header text as UTF-8: decoding it so gives back the same bytes.
-    try:
-        return raw.decode()
-    except UnicodeDecodeError:
-        return raw.decode("latin-1")  # obs-text that is not UTF-8: the nearest we can send
 
 
 class _Body:
@@ -284,7 +251,6 @@ def proxy_app(
     *,
     connect_timeout: float = 5.0,
     read_timeout: float = 60.0,
-    session: aiohttp.ClientSession | None = None,
     trusted_proxies: Sequence[IPNetwork] = (),
 ) -> RegistryProxy:
     """An ASGI app forwarding every request to `upstream` (`http(s)://host[:port]`);
@@ -293,6 +259,5 @@ def proxy_app(
         upstream,
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
-        session=session,
         trusted_proxies=trusted_proxies,
     )

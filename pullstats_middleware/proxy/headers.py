@@ -63,6 +63,17 @@ def check_upstream(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
+def host_header(upstream: str) -> bytes:
+    """The Host the upstream expects: its name IDNA-encoded, an IPv6 address in
+    brackets, the port unless it is the scheme's default."""
+    parts = urlsplit(upstream)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host.encode("idna").decode("ascii")
+    if parts.port is not None and parts.port != _DEFAULT_PORTS[parts.scheme]:
+        host += f":{parts.port}"
+    return host.encode("ascii")
+
+
 def origin(parts: SplitResult) -> Origin:
     scheme = parts.scheme.lower()
     return scheme, (parts.hostname or "").lower(), parts.port or _DEFAULT_PORTS.get(scheme)
