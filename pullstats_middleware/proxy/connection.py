@@ -100,6 +100,18 @@ class Connection(asyncio.Protocol):
 
     # -- the response ------------------------------------------------------------------
 
+    async def answered_or_done(self, upload: asyncio.Future[None]) -> None:
+        """Wait until the upstream answers or `upload` ends; no read clock runs while
+        an upload, paced by its client, is under way."""
+        if self.answered or upload.done() or self._error is not None:
+            return
+        self._waiter = waiter = self._loop.create_future()
+        upload.add_done_callback(lambda _: self._wake())
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
     async def response(self) -> None:
         """Wait for the status and headers (the read clock starts here)."""
         while not self.answered:

@@ -15,6 +15,7 @@ with backpressure, chunked if the client sent no Content-Length.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections import deque
 from collections.abc import AsyncIterable
@@ -104,15 +105,20 @@ class UpstreamPool:
     ) -> None:
         connection.begin(head, head_only)
         if body is not None:
+            # The upstream may answer before the body ends (a 401, a 413), while our
+            # client waits for that answer before it sends more: upload alongside.
+            upload = asyncio.ensure_future(_send(connection, body))
             try:
-                async for chunk in body:
-                    if connection.answered:  # answered early (a 401, a 413): stop sending
-                        connection.spoil()
-                        break
-                    await connection.write(chunk)
-            except BrokeOff:
-                if not connection.answered:
-                    raise
+                await connection.answered_or_done(upload)
+            finally:
+                if not upload.done():  # answered early: stop sending, never reuse
+                    connection.spoil()
+                    upload.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await upload
+            failure = None if upload.cancelled() else upload.exception()
+            if failure is not None and not connection.answered:
+                raise failure
         await connection.response()
 
     def release(self, connection: Connection) -> None:
@@ -130,11 +136,19 @@ class UpstreamPool:
             self._idle.popleft().close()
 
     def _reused(self) -> Connection | None:
+        now = asyncio.get_running_loop().time()
         while self._idle:
             connection = self._idle.pop()
-            if not connection.closed:
+            if now - connection.idle_since > self._keepalive:
+                connection.close()  # and every one left of it is older still
+                self.close_idle()
+            elif not connection.closed:
                 return connection
         return None
+
+    def close_idle(self) -> None:
+        while self._idle:
+            self._idle.pop().close()
 
     async def _slot(self) -> None:
         if not self._slots.locked():
@@ -169,8 +183,12 @@ class UpstreamPool:
 
     async def aclose(self) -> None:
         self._closed = True
-        while self._idle:
-            self._idle.pop().close()
+        self.close_idle()
+
+
+async def _send(connection: Connection, body: AsyncIterable[bytes]) -> None:
+    async for chunk in body:
+        await connection.write(chunk)
 
 
 async def _chunked(body: AsyncIterable[bytes]) -> AsyncIterable[bytes]:
