@@ -19,8 +19,10 @@ import httptools
 
 Headers = list[tuple[bytes, bytes]]
 
-# Body bytes held for a slow client before the upstream socket stops being read.
+# Body bytes held for a slow client before the upstream socket stops being read, and
+# how few let it be read again: far apart, so reading is not switched per chunk.
 _PAUSE_BYTES = 1 << 20
+_RESUME_BYTES = 1 << 18
 
 
 class UpstreamError(Exception):
@@ -127,7 +129,7 @@ class Connection(asyncio.Protocol):
             if self._chunks:
                 chunk = self._chunks.popleft()
                 self._buffered -= len(chunk)
-                if self._paused and self._buffered < _PAUSE_BYTES and not self.closed:
+                if self._paused and self._buffered <= _RESUME_BYTES and not self.closed:
                     self._paused = False
                     assert self.transport is not None
                     self.transport.resume_reading()
