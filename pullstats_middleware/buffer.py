@@ -146,6 +146,18 @@ class PullBuffer:
         if self._thread is None:
             self._start()
 
+    def add_resolution(self, client: str, repository: str, tag: str, digest: str) -> None:
+        """A HEAD of a manifest by tag: `add_attribution_event(Resolution(...))` without
+        the checks a GET needs (containerd sends such a HEAD before every pull)."""
+        event = Resolution(client, repository, tag, digest, _now())
+        key = (client, repository, digest)
+        with self._lock:
+            run = self._events.get(key)
+            if run is None or not _resolution_folds(run, event):
+                self._add_event(key, run, event)
+        if self._thread is None:
+            self._start()
+
     def add_digest_fetch(self, client: str, repository: str, digest: str) -> None:
         """A GET of a manifest by digest: `add_attribution_event(DigestFetch(...))`, with
         no event built when a run of GETs folds it (the same GET, again and again, is
@@ -258,6 +270,12 @@ def _fold(run: list[Resolution | DigestFetch], event: Resolution | DigestFetch) 
     """
     if isinstance(event, DigestFetch):
         return _fetch_folds(run)
+    return _resolution_folds(run, event)
+
+
+def _resolution_folds(run: list[Resolution | DigestFetch], event: Resolution) -> bool:
+    """Fold a HEAD into `run` when it ends with two HEADs of the same tag: it takes
+    the second's place. True when folded."""
     if len(run) < 2:
         return False
     last, before = run[-1], run[-2]

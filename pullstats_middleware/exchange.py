@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -20,7 +19,6 @@ from pullstats_middleware.config import ExcludeRule
 from pullstats_middleware.identity import Client, excluded
 from pullstats_middleware.matchers import ManifestRequest, is_digest
 from pullstats_middleware.recorder import Recorder
-from pullstats_middleware.store.base import Resolution
 
 log = logging.getLogger("pullstats_middleware")
 
@@ -179,14 +177,9 @@ class ManifestExchange:
                 self._recorder.add_push(request.repository, request.reference, digest)
             elif self._method != GET:  # a HEAD by tag: a resolution, maybe half of a tag pull
                 if not request.by_digest:
-                    self._recorder.add_attribution_event(
-                        Resolution(
-                            self._client(self._context),
-                            request.repository,
-                            request.reference,
-                            digest,
-                            time.time(),
-                        )
+                    client = self._client(self._context)
+                    self._recorder.add_resolution(
+                        client, request.repository, request.reference, digest
                     )
             elif request.by_digest:
                 # A plain digest pull, unless this client just resolved a tag

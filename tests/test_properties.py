@@ -296,13 +296,16 @@ def test_folding_events_keeps_the_store_result(
 @FAST
 @given(EVENTS)
 def test_a_digest_fetch_buffers_what_its_event_would(events: list[tuple[str, float]]) -> None:
-    """add_digest_fetch() skips building the events a run folds: the buffer it leaves
-    holds the same runs and counts as add_attribution_event(DigestFetch(...)) would."""
+    """add_digest_fetch() skips building the events a run folds, add_resolution() the
+    checks a GET needs: the buffer they leave holds the same runs and counts as
+    add_attribution_event(DigestFetch(...)) and add_attribution_event(Resolution(...))."""
     buffers = []
     for fast in (True, False):
         recorder = Recorder(MemoryStore(), flush_interval=3600)
         for kind, _gap in events:
-            if kind != "g":
+            if kind != "g" and fast:
+                recorder.add_resolution("c", "r", kind[2:], SHA)
+            elif kind != "g":
                 recorder.add_attribution_event(Resolution("c", "r", kind[2:], SHA, 1000.0))
             elif fast:
                 recorder.add_digest_fetch("c", "r", SHA)
