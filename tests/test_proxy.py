@@ -30,6 +30,7 @@ from starlette.routing import Route
 from pullstats_middleware import PullMetrics, PullStatsASGIMiddleware, PullStatsConfig
 from pullstats_middleware.demo_registry import MemoryRegistry, starlette_app
 from pullstats_middleware.proxy import RegistryProxy, build_proxy, check_upstream, proxy_app
+from pullstats_middleware.proxy.headers import host_header
 from pullstats_middleware.store import MemoryStore
 
 MB = 1024 * 1024
@@ -664,6 +665,21 @@ def test_bad_upstream_urls_are_rejected(url: str) -> None:
 def test_good_upstream_urls_are_normalised() -> None:
     assert check_upstream("http://registry:5000/") == "http://registry:5000"
     assert check_upstream(" https://[::1]:5000 ") == "https://[::1]:5000"
+
+
+@pytest.mark.parametrize(
+    ("upstream", "host"),
+    [
+        ("http://registry:5000", b"registry:5000"),
+        ("http://registry:80", b"registry"),  # the scheme's default port is left out
+        ("https://registry:443", b"registry"),
+        ("https://registry:80", b"registry:80"),
+        ("https://[::1]:5000", b"[::1]:5000"),
+        ("http://Bücher.Example", b"xn--bcher-kva.example"),  # IDNA, as on the wire
+    ],
+)
+def test_the_upstream_gets_the_host_it_expects(upstream: str, host: bytes) -> None:
+    assert host_header(check_upstream(upstream)) == host
 
 
 # -- lifespan and statistics ---------------------------------------------------
