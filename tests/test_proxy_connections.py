@@ -17,8 +17,11 @@ import httpx2
 import pytest
 
 from pullstats_middleware.proxy import proxy_app
+from pullstats_middleware.proxy.connection import Connection, UpstreamTimeout
 from pullstats_middleware.proxy.upstream import UpstreamPool
 from tests.test_proxy import Served, assert_unavailable
+
+MB = 1024 * 1024
 
 # (connection number from 0, request number on it from 0, request head) -> the bytes to
 # send, or None to hang up without answering.
@@ -224,3 +227,97 @@ def test_connections_idle_past_the_keepalive_are_closed_not_reused() -> None:
         assert upstream.methods() == [(0, 0, b"GET"), (0, 1, b"GET"), (1, 0, b"GET")]
     finally:
         upstream.close()
+
+
+class Transport:
+    """What a Connection asks of its transport, recorded."""
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.pauses = 0
+        self.closed = False
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def pause_reading(self) -> None:
+        self.paused, self.pauses = True, self.pauses + 1
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_the_read_clock_runs_only_while_the_proxy_waits_for_the_upstream() -> None:
+    """A slow client pauses reading from the upstream: that silence is the proxy's own
+    doing and must not time out. Silence while the proxy waits for bytes must."""
+
+    async def run() -> tuple[Transport, bytes, Transport]:
+        loop = asyncio.get_running_loop()
+        slow, transport = Connection(loop, read_timeout=0.05), Transport()
+        slow.connection_made(transport)
+        slow.begin(b"GET /v2/r/blobs/x HTTP/1.1\r\n\r\n", head_only=False)
+        body = bytes(range(256)) * (10 * 1024)  # 2.5 MiB
+        waiting = asyncio.ensure_future(slow.response())
+        await asyncio.sleep(0.01)  # the proxy waits for the answer: the clock runs
+        slow.data_received(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body))
+        await waiting
+        for at in range(0, 2 * MB, 64 * 1024):
+            slow.data_received(body[at : at + 64 * 1024])
+        assert transport.paused  # 2 MiB held for a client that takes nothing yet
+        await asyncio.sleep(0.3)  # six read timeouts of the upstream's silence
+        received, rest = bytearray(), body[2 * MB :]
+        async for chunk in slow.chunks():
+            received += chunk
+            if rest and not transport.paused:  # the upstream sends again once resumed
+                slow.data_received(rest)
+                rest = b""
+        silent, quiet = Connection(loop, read_timeout=0.05), Transport()
+        silent.connection_made(quiet)
+        silent.begin(b"GET /v2/ HTTP/1.1\r\n\r\n", head_only=False)
+        with pytest.raises(UpstreamTimeout):
+            await silent.response()
+        return transport, bytes(received), quiet
+
+    transport, received, quiet = asyncio.run(run())
+    assert received == bytes(range(256)) * (10 * 1024)
+    assert transport.pauses == 1 and not transport.closed
+    assert quiet.closed  # the timed-out connection is dropped
+
+
+def test_an_upstream_silent_mid_answer_times_out_and_the_response_is_cut(
+    client: httpx2.Client,
+) -> None:
+    server = socket.create_server(("127.0.0.1", 0))
+    hung_up = threading.Event()
+
+    def stall() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % (4 * MB) + b"x" * MB)
+            conn.settimeout(30)
+            try:
+                hung_up.set() if conn.recv(1) == b"" else None  # the proxy gave up on us
+            except OSError:
+                hung_up.set()
+
+    threading.Thread(target=stall, daemon=True).start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}"
+    try:
+        with Served(proxy_app(url, read_timeout=1.0)) as proxy:
+            received = 0
+            with (
+                pytest.raises(httpx2.TransportError),
+                client.stream("GET", f"{proxy.url}/v2/r/blobs/sha256:x") as response,
+            ):
+                assert response.status_code == 200
+                for chunk in response.iter_raw():
+                    received += len(chunk)
+            assert received == MB  # all that came, and the client can tell it was cut
+            assert hung_up.wait(10)
+    finally:
+        server.close()
