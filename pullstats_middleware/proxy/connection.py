@@ -3,9 +3,9 @@
 The bytes are parsed by httptools (llhttp, the parser uvicorn serves with); this
 class only keeps the state of the exchange in progress and hands its answer to
 the one task waiting for it. Measured in front of the same registry, a manifest
-request costs the proxy about half the CPU it cost through aiohttp's client
-(benchmarks/proxy_clients.py), because nothing here is general: no cookies, no
-redirects, no header objects, one future per wait.
+request costs the proxy about 60 % of the CPU it cost through aiohttp's client
+(1.1 against 1.8 s per 10,000, benchmarks/proxy_clients.py), because nothing here
+is general: no cookies, no redirects, no header objects, one future per wait.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ memory, so multi-GB blob uploads and downloads pass as they would directly.
 
 The upstream client is the proxy's own pool of HTTP/1.1 connections, parsed by
 httptools (proxy/upstream.py): measured against aiohttp, httpx2, pyreqwest and
-aiosonic in front of the same registry, it costs about half their CPU per
+aiosonic in front of the same registry, it costs about 60 % of their CPU per
 manifest request (benchmarks/proxy_clients.py).
 """
 
