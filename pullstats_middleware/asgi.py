@@ -12,8 +12,8 @@ import anyio
 import anyio.to_thread
 
 from pullstats_middleware.adapter import Adapter
+from pullstats_middleware.exchange import ManifestExchange
 from pullstats_middleware.identity import client_address
-from pullstats_middleware.puller import identity
 from pullstats_middleware.routes import (
     Probe,
     ProbeAnswer,
@@ -55,7 +55,15 @@ class PullStatsASGIMiddleware(Adapter):
         if isinstance(target, Router):
             await self._statistics(target, path, scope, receive, send)
             return
-        exchange = self.exchange(target, method, scope)
+        exchange = ManifestExchange(  # self.exchange(), inlined: one call less per pull
+            self._recorder,
+            target,
+            method,
+            self._identity,
+            scope,
+            self.config.max_manifest_bytes,
+            self.config.exclude,
+        )
 
         async def watching_send(message: Message) -> None:
             if message["type"] == "http.response.body":
@@ -103,7 +111,8 @@ class PullStatsASGIMiddleware(Adapter):
         trusted = self.config.trusted_proxies
         if trusted and forwarded:
             address = client_address(address, forwarded.decode("latin-1"), trusted)
-        return identity(address, authorization.decode("latin-1"), user_agent.decode("latin-1"))
+        # puller.identity(), inlined: one call less on every manifest pull.
+        return f"{address}\n{authorization.decode('latin-1')}\n{user_agent.decode('latin-1')}"
 
     async def _statistics(
         self, router: Router, path: str, scope: Scope, receive: Receive, send: Send

@@ -46,9 +46,15 @@ class PullBuffer:
         # for unique pullers per day), or None when none was given
         self._tags: dict[tuple[str, str, int], list[Any]] = {}
         self._manifests: dict[tuple[str, str, int], list[Any]] = {}  # -> [count, ts, clients]
-        # Attribution events per (client, repository, digest), in order; a run of
-        # repeats is folded (see _fold), so a busy key holds a few events, not one each.
-        self._events: dict[tuple[str, str, str], list[Resolution | DigestFetch]] = {}
+        # Attribution events per (client, repository, digest), in order, each as
+        # [tag, ts]: the tag a HEAD resolved, or None for a GET by digest; the
+        # recorder's thread builds the Resolution and DigestFetch events (_take_buffer).
+        # A run of repeats is folded, so a busy key holds a few events, not one each:
+        # the store pairs a GET with a waiting HEAD, else keeps the *first* unpaired
+        # GET; it keeps the *last* HEAD. So in a run of repeats a third GET changes
+        # nothing (it is not added), and a HEAD that follows two HEADs of the same tag
+        # takes the second's place (the second's time moves on to its own, in place).
+        self._events: dict[tuple[str, str, str], list[list[Any]]] = {}
         self._event_count = 0
         self._indexes: dict[tuple[str, str], tuple[str, ...]] = {}  # index -> its children
         self._pushes: dict[tuple[str, str], tuple[float, str]] = {}  # tag -> (ts, digest)
@@ -132,51 +138,62 @@ class PullBuffer:
             self._manifests[key] = [1, now, None if client is None else {client}]
 
     def add_attribution_event(self, event: Resolution | DigestFetch) -> None:
-        key = (event.client, event.repository, event.digest)
-        with self._lock:
-            run = self._events.get(key)
-            if run is None or not _fold(run, event):
-                self._add_event(key, run, event)
-            if isinstance(event, DigestFetch):
-                # The fetched manifest counts whatever the pairing decides.
-                ts = event.ts
-                self._count_manifest(
-                    (event.repository, event.digest, int(ts // 86400)), ts, event.client
-                )
-        if self._thread is None:
-            self._start()
+        """A HEAD by tag or a GET by digest, at the time the event names."""
+        if isinstance(event, DigestFetch):
+            self.add_digest_fetch(event.client, event.repository, event.digest, event.ts)
+        else:
+            self.add_resolution(event.client, event.repository, event.tag, event.digest, event.ts)
 
-    def add_resolution(self, client: str, repository: str, tag: str, digest: str) -> None:
-        """A HEAD of a manifest by tag: `add_attribution_event(Resolution(...))` without
-        the checks a GET needs (containerd sends such a HEAD before every pull)."""
-        event = Resolution(client, repository, tag, digest, _now())
+    def add_resolution(
+        self, client: str, repository: str, tag: str, digest: str, now: float | None = None
+    ) -> None:
+        """A HEAD of a manifest by tag that resolved `tag` to `digest` (containerd sends
+        one before every pull): half of a tag pull, if a GET of the digest follows."""
+        now = _now() if now is None else now
         key = (client, repository, digest)
         with self._lock:
             run = self._events.get(key)
-            if run is None or not _resolution_folds(run, event):
-                self._add_event(key, run, event)
+            # Folded after two HEADs of this tag: the second's time moves on.
+            if run is not None and len(run) >= 2 and (last := run[-1])[0] == tag == run[-2][0]:
+                last[1] = now
+            else:
+                self._add_event(key, run, [tag, now])
         if self._thread is None:
             self._start()
 
-    def add_digest_fetch(self, client: str, repository: str, digest: str) -> None:
-        """A GET of a manifest by digest: `add_attribution_event(DigestFetch(...))`, with
-        no event built when a run of GETs folds it (the same GET, again and again, is
-        what a busy registry serves most)."""
-        now = _now()
+    def add_digest_fetch(
+        self, client: str, repository: str, digest: str, now: float | None = None
+    ) -> None:
+        """A GET of a manifest by digest: a pull of the manifest, and a tag pull too if
+        the store pairs it with this client's HEAD of a tag."""
+        now = _now() if now is None else now
         key = (client, repository, digest)
         with self._lock:
             run = self._events.get(key)
-            if run is None or not _fetch_folds(run):
-                self._add_event(key, run, DigestFetch(client, repository, digest, now))
-            self._count_manifest((repository, digest, int(now // 86400)), now, client)
+            # Folded after two GETs: a third changes nothing.
+            if run is None or len(run) < 2 or run[-1][0] is not None or run[-2][0] is not None:
+                self._add_event(key, run, [None, now])
+            # The fetched manifest counts whatever the pairing decides: _count_manifest(),
+            # inlined, as in add_tag_pull.
+            manifest_key = (repository, digest, int(now // 86400))
+            counter = self._manifests.get(manifest_key)
+            if counter is not None:
+                counter[0] += 1
+                if now > counter[1]:
+                    counter[1] = now
+                if counter[2] is None:
+                    counter[2] = {client}
+                else:
+                    counter[2].add(client)
+            elif self._full():
+                self._drop()
+            else:
+                self._manifests[manifest_key] = [1, now, {client}]
         if self._thread is None:
             self._start()
 
     def _add_event(
-        self,
-        key: tuple[str, str, str],
-        run: list[Resolution | DigestFetch] | None,
-        event: Resolution | DigestFetch,
+        self, key: tuple[str, str, str], run: list[list[Any]] | None, event: list[Any]
     ) -> None:
         """Append `event` to its run, unless the buffer is full; the caller holds the lock."""
         if self._full():
@@ -256,39 +273,14 @@ class PullBuffer:
             runs, self._events, self._event_count = self._events, {}, 0
             indexes, self._indexes = self._indexes, {}
             pushes, self._pushes = self._pushes, {}
-        events = [event for run in runs.values() for event in run]
+        events = [
+            DigestFetch(client, repository, digest, ts)
+            if tag is None
+            else Resolution(client, repository, tag, digest, ts)
+            for (client, repository, digest), run in runs.items()
+            for tag, ts in run
+        ]
         return tags, manifests, events, indexes, pushes
-
-
-def _fold(run: list[Resolution | DigestFetch], event: Resolution | DigestFetch) -> bool:
-    """Fold `event` into the run of events of its key when the store would end in the
-    same state with or without it; True when folded (it takes no buffer slot).
-
-    The store pairs a GET with a waiting HEAD, else keeps the *first* unpaired GET;
-    it keeps the *last* HEAD. So in a run of repeats, a third GET changes nothing,
-    and a HEAD that follows two HEADs of the same tag can take the second's place.
-    """
-    if isinstance(event, DigestFetch):
-        return _fetch_folds(run)
-    return _resolution_folds(run, event)
-
-
-def _resolution_folds(run: list[Resolution | DigestFetch], event: Resolution) -> bool:
-    """Fold a HEAD into `run` when it ends with two HEADs of the same tag: it takes
-    the second's place. True when folded."""
-    if len(run) < 2:
-        return False
-    last, before = run[-1], run[-2]
-    repeated = isinstance(last, Resolution) and isinstance(before, Resolution)
-    if repeated and last.tag == event.tag == before.tag:  # type: ignore[union-attr]
-        run[-1] = event
-        return True
-    return False
-
-
-def _fetch_folds(run: list[Resolution | DigestFetch]) -> bool:
-    """True when a GET added to `run` would fold: the run ends with two GETs."""
-    return len(run) >= 2 and isinstance(run[-1], DigestFetch) and isinstance(run[-2], DigestFetch)
 
 
 _now = time.time

@@ -133,8 +133,8 @@ def test_only_valid_paths_are_cached_and_the_cache_is_bounded() -> None:
     for n in range(100):
         assert matcher.match_manifest(f"/v2/{'x' * 60_000}{n}/manifests/v1") is None
         assert matcher.match_manifest(f"/v2/a/manifests/md5:{n:032x}") is None
-    assert len(matcher._cache) == 0
+    assert len(matcher.known) == 0
     for n in range(10):
         assert matcher.match_manifest(f"/v2/a/manifests/v{n}") is not None
-    assert 0 < len(matcher._cache) <= 4
+    assert 0 < len(matcher.known) <= 4
     assert matcher.match_manifest("/v2/a/manifests/v9") == ManifestRequest("a", "v9", False)

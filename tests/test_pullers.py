@@ -13,7 +13,12 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from pullstats_middleware import PullMetrics, PullStatsConfig
+from pullstats_middleware import (
+    PullMetrics,
+    PullStatsASGIMiddleware,
+    PullStatsConfig,
+    PullStatsMiddleware,
+)
 from pullstats_middleware.demo_registry import MemoryRegistry
 from pullstats_middleware.durable import Database, Flusher, daily
 from pullstats_middleware.durable.hyperloglog import Sketch
@@ -87,6 +92,35 @@ def test_a_puller_is_address_user_and_agent_not_the_token() -> None:
     basic = "Basic " + base64.b64encode(b"alice:secret").decode()
     assert puller_key(identity("10.0.0.1", basic, ua)) == first  # the same user, Basic
     assert len(first) == 16 and int(first, 16) >= 0
+
+
+def test_both_adapters_build_the_identity_puller_identity_names() -> None:
+    """The ASGI adapter builds the identity inline (it is on every pull's path): it
+    must stay the string puller.identity() makes, and the one the WSGI adapter makes."""
+    config = PullStatsConfig(enabled=True, trusted_proxies="10.0.0.0/8")
+    metrics = PullMetrics(config, store=MemoryStore())
+    token = bearer("alice", "1")
+    scope = {
+        "client": ("10.0.0.9", 5000),
+        "headers": [
+            (b"user-agent", b"containerd/1.7 (r\xe9v)"),
+            (b"authorization", token.encode()),
+            (b"x-forwarded-for", b"192.0.2.7, 10.0.0.3"),
+        ],
+    }
+    environ = {
+        "REMOTE_ADDR": "10.0.0.9",
+        "HTTP_USER_AGENT": "containerd/1.7 (r\xe9v)",
+        "HTTP_AUTHORIZATION": token,
+        "HTTP_X_FORWARDED_FOR": "192.0.2.7, 10.0.0.3",
+    }
+    expected = identity("192.0.2.7", token, "containerd/1.7 (r\xe9v)")
+    try:
+        assert PullStatsASGIMiddleware(None, metrics=metrics)._identity(scope) == expected
+        assert PullStatsMiddleware(None, metrics=metrics)._identity(environ) == expected
+        assert PullStatsASGIMiddleware(None, metrics=metrics)._identity({}) == identity("", "", "")
+    finally:
+        metrics.close()
 
 
 def test_10000_clients_through_redis_and_sql_against_the_exact_count(

@@ -67,7 +67,7 @@ class OCIMatcher:
     reference is whatever follows the *last* `/manifests/`.
     """
 
-    __slots__ = ("_cache", "_cache_size", "_head")
+    __slots__ = ("_cache_size", "_head", "known")
 
     def __init__(self, prefix: str = "", cache_size: int = 8192) -> None:
         self._head = prefix.rstrip("/") + "/v2/"
@@ -75,18 +75,19 @@ class OCIMatcher:
         # nodes); the regexes cost microseconds, a cache hit tens of nanoseconds.
         # Only valid paths are cached, and a valid path is at most a few hundred
         # characters, so hostile paths cannot make the cache hold more than ~5 MB.
-        self._cache: dict[str, ManifestRequest] = {}
+        # `known`: the cache, for callers that look a path up before calling.
+        self.known: dict[str, ManifestRequest] = {}
         self._cache_size = cache_size
 
     def match_manifest(self, path: str) -> ManifestRequest | None:
-        cached = self._cache.get(path)
+        cached = self.known.get(path)
         if cached is not None:
             return cached
         request = self._match(path)
         if request is not None:
-            if len(self._cache) >= self._cache_size:
-                self._cache.clear()  # safe under concurrent readers, unlike evicting one
-            self._cache[path] = request
+            if len(self.known) >= self._cache_size:
+                self.known.clear()  # safe under concurrent readers, unlike evicting one
+            self.known[path] = request
         return request
 
     def _match(self, path: str) -> ManifestRequest | None:
