@@ -24,6 +24,7 @@ from pullstats_middleware import (
     PullStatsASGIMiddleware,
     PullStatsConfig,
     PullStatsMiddleware,
+    buffer,
 )
 from pullstats_middleware.matchers import OCIMatcher, is_digest, validate_repository
 from pullstats_middleware.matchers.oci import MAX_DIGEST_LENGTH, MAX_REPOSITORY_LENGTH
@@ -294,3 +295,64 @@ def test_folding_events_keeps_the_store_result(
         store.apply(Batch("b", "p", attribution_events=list(sequence)), window=window, skew=1.0)
         results.append([store.read_tag("r", tag) for tag in ("v1", "v2")])
     assert results[0] == results[1]
+
+
+# -- the buffer's counters: what it hands the recorder is what was pulled -------------
+
+PULLS = st.lists(
+    st.tuples(
+        st.sampled_from(["tag", "digest", "manifest"]),
+        st.sampled_from(["v1", "v2"]),
+        st.sampled_from([SHA, "sha256:" + "cd" * 32]),
+        st.sampled_from(["node-a", "node-b", None]),
+        st.sampled_from([0.5, 1.0, 86_400.0]),  # apart: two pulls at one instant tie
+    ),
+    max_size=30,
+)
+
+
+@FAST
+@given(PULLS)
+def test_the_buffer_hands_over_every_count_and_puller(
+    pulls: list[tuple[str, str, str, str | None, float]],
+) -> None:
+    """Tag pulls share one entry per (tag, manifest, day) on the request's side; taken,
+    they are the tag and manifest counters a plain tally of the same pulls gives:
+    counts, latest time, the digest a tag was pulled as last, and the pullers."""
+    tags: dict[tuple[str, str, int], list[Any]] = {}
+    manifests: dict[tuple[str, str, int], list[Any]] = {}
+
+    def tally(table: dict[Any, list[Any]], key: Any, ts: float, client: str | None) -> None:
+        entry = table.setdefault(key, [0, 0.0, set()])
+        entry[0] += 1
+        entry[1] = max(entry[1], ts)
+        if client is not None:
+            entry[2].add(client)
+
+    recorder = Recorder(MemoryStore(), flush_interval=3600)
+    clock = [1_700_000_000.0]
+    original = buffer._now
+    buffer._now = lambda: clock[0]
+    try:
+        for kind, tag, digest, client, step in pulls:
+            clock[0] += step
+            now, day = clock[0], int(clock[0] // 86400)
+            if kind == "tag":
+                recorder.add_tag_pull("r", tag, digest, client)
+                tally(tags, ("r", tag, day), now, client)
+                tags[("r", tag, day)][3:] = [digest]  # pulled as this digest last
+            elif kind == "digest" and client is not None:
+                recorder.add_digest_fetch(client, "r", digest)
+            else:
+                recorder.add_manifest_pull("r", digest, client=client)
+            tally(manifests, ("r", digest, day), now, client)  # every pull is the manifest's
+        taken_tags, taken_manifests, *_ = recorder._take_buffer()
+    finally:
+        buffer._now = original
+        recorder.close()
+    assert {k: (e[0], e[1], e[2], e[3] or set()) for k, e in taken_tags.items()} == {
+        k: (count, ts, digest, clients) for k, (count, ts, clients, digest) in tags.items()
+    }
+    assert {k: (e[0], e[1], e[2] or set()) for k, e in taken_manifests.items()} == {
+        k: tuple(e) for k, e in manifests.items()
+    }
