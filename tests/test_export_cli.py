@@ -27,8 +27,11 @@ from tests.e2e.services import RedisServer, free_port
 
 # The export, slowed after its first 2,000 rows so a signal lands mid-way.
 SLOW_EXPORT = """
-import sys, time
+import signal, sys, time
 from pullstats_middleware.cli import main
+# Ctrl-C as at a terminal: a job a shell starts in the background (CI's, say) begins
+# with SIGINT ignored, and Python then installs no KeyboardInterrupt handler of its own.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from pullstats_middleware.durable import export
 streamed = export.rows
 def slowly(*args, **kwargs):
