@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pullstats_middleware.config import ConfigError, PullStatsConfig
-from pullstats_middleware.exchange import ManifestExchange
+from pullstats_middleware.exchange import ManifestExchange, Watch
 from pullstats_middleware.matchers import ManifestRequest, OCIMatcher
 from pullstats_middleware.metrics import PullMetrics
 from pullstats_middleware.routes import ROUTES, Route, Router
@@ -29,7 +29,7 @@ class Adapter:
     pure pass-through: no store, no thread, no routes (`router` is None).
     """
 
-    __slots__ = ("_known", "_matcher", "_recorder", "app", "config", "metrics", "router")
+    __slots__ = ("_known", "_matcher", "_watch", "app", "config", "metrics", "router")
 
     def __init__(
         self,
@@ -55,7 +55,9 @@ class Adapter:
             )
             return
         self.metrics = metrics = metrics or PullMetrics(config)
-        self._recorder = metrics.recorder
+        self._watch = Watch(
+            metrics.recorder, self._identity, config.max_manifest_bytes, config.exclude
+        )
         if config.prometheus:
             routes = (*routes, _prometheus_route(metrics))
         self.router = Router(routes, config, metrics)
@@ -68,7 +70,8 @@ class Adapter:
 
     def target(self, method: str, path: str) -> Router | ManifestRequest | None:
         """What a request is to the middleware: a statistics route (the router answers
-        it), a manifest GET or HEAD to watch, or None: pass it through untouched.
+        it), a manifest exchange to watch (a GET, a HEAD or a PUT by tag), or None: pass
+        it through untouched (a HEAD or PUT by digest records nothing).
 
         Every request pays for this: two string tests for most. Never raises; a
         request the middleware fails to look at passes through uncounted.
@@ -81,7 +84,9 @@ class Adapter:
                 return router
             if method in _WATCHED and "/manifests/" in path:
                 # The matcher's cache read here: one call less for a path seen before.
-                return self._known.get(path) or self._matcher.match_manifest(path)
+                request = self._known.get(path) or self._matcher.match_manifest(path)
+                if request is None or method == "GET" or not request.by_digest:
+                    return request
         except Exception:
             log.exception("pull statistics: failed to look at a request; passing it through")
         return None
@@ -89,15 +94,7 @@ class Adapter:
     def exchange(self, request: ManifestRequest, method: str, context: Any) -> ManifestExchange:
         """The watcher of one manifest response; `context`: the request as the server
         gave it (ASGI scope, WSGI environ), read for the client's identity if needed."""
-        return ManifestExchange(
-            self._recorder,
-            request,
-            method,
-            self._identity,
-            context,
-            self.config.max_manifest_bytes,
-            self.config.exclude,
-        )
+        return ManifestExchange(self._watch, request, method, context)
 
     def _identity(self, context: Any) -> str:
         """The client's identity (puller.identity), read from `context`."""

@@ -36,47 +36,53 @@ INDEX_TYPES = frozenset(
 MAX_CHILDREN = 256  # far more platforms and attestations than any index carries
 
 
-class ManifestExchange:
-    """Watches one GET or HEAD of a manifest. Records only after `finish()`."""
+class Watch:
+    """What every exchange of one adapter shares, built once: the recorder, the way to
+    read the client's identity from a request, and the config's limits."""
 
-    __slots__ = (
-        "_client",
-        "_context",
-        "_digest",
-        "_exclude",
-        "_hasher",
-        "_index_body",
-        "_max_bytes",
-        "_method",
-        "_recorder",
-        "_request",
-        "_size",
-        "_status",
-        "wants_body",
-    )
+    __slots__ = ("exclude", "identity", "max_bytes", "recorder")
 
     def __init__(
         self,
         recorder: Recorder,
-        request: ManifestRequest,
-        method: str,
-        client: Callable[[Any], str],
-        context: Any,
+        identity: Callable[[Any], str],
         max_bytes: int,
         exclude: tuple[ExcludeRule, ...] = (),
     ) -> None:
-        self._recorder = recorder
+        self.recorder = recorder
+        # `identity(context)`: the client's identity (puller.identity), read from the
+        # request (ASGI scope, WSGI environ) only when it is recorded.
+        self.identity = identity
+        self.max_bytes = max_bytes
+        self.exclude = exclude
+
+
+class ManifestExchange:
+    """Watches one GET or HEAD of a manifest, or a PUT by tag. Records only after `finish()`.
+
+    Every manifest pull builds one and makes three calls on it, on the server's
+    request path: it keeps what it learns in a few slots, decided at `start()`.
+    """
+
+    __slots__ = (
+        "_context",
+        "_digest",
+        "_hasher",
+        "_index_body",
+        "_method",
+        "_request",
+        "_size",
+        "_watch",
+        "wants_body",
+    )
+
+    def __init__(self, watch: Watch, request: ManifestRequest, method: str, context: Any) -> None:
+        self._watch = watch
         self._request = request
         self._method = method
-        # `client(context)`: the client's identity (puller.identity), read from the
-        # request (ASGI scope, WSGI environ) only when attribution, unique pullers or
-        # exclusion rules need it. A function and its argument rather than a closure:
-        # nothing is built per request for it.
-        self._client = client
-        self._context = context
-        self._exclude = exclude
-        self._max_bytes = max_bytes
-        self._status = 0
+        self._context = context  # the request as the server gave it: read for the identity
+        # What start() learns. A pull to record has a digest, or a hasher that will
+        # give it from the body; neither: nothing to record (yet, or any more).
         self._digest: str | None = None
         self._hasher: hashlib._Hash | None = None
         self._index_body: bytearray | None = None  # an index's body, to learn its children
@@ -90,22 +96,18 @@ class ManifestExchange:
         """Count nothing for this exchange; `why`: log the exception being handled."""
         if why is not None:
             log.exception("pull statistics: failed to %s; not counted", why)
-        self._status = 0
-        self._hasher = self._index_body = None
+        self._digest = self._hasher = self._index_body = None
         self.wants_body = False
 
     def start(self, status: int | str, headers: Iterable[tuple[Any, Any]]) -> None:
         """The response began: an ASGI status and byte headers, or WSGI's `"200 OK"` and str."""
         try:
             code = status if isinstance(status, int) else int(status[:3])
-            # 200 to a GET or HEAD; a push is a PUT by tag the registry answered 201.
-            pushed = self._method == PUT and code == 201 and not self._request.by_digest
-            self._status = 200 if (code == 200 and self._method != PUT) or pushed else 0
-            if self._status != 200:
+            # 200 to a GET or HEAD; 201 to a push (a PUT by tag: the adapter watches
+            # no PUT or HEAD by digest).
+            get = self._method == GET
+            if code != (201 if self._method == PUT else 200):
                 return
-            request, get = self._request, self._method == GET
-            if request.by_digest and not get:
-                return  # a HEAD by digest: nothing to record
             digest = media_type = None
             for name, value in headers:
                 # Most headers are skipped on their length alone. ASGI names come
@@ -123,6 +125,7 @@ class ManifestExchange:
                 if index:
                     self._index_body = bytearray()
                     self.wants_body = True
+            request = self._request
             if request.by_digest:
                 self._digest = request.reference
             elif digest is not None and (checked := _digests.get(digest) or _read_digest(digest)):
@@ -138,7 +141,7 @@ class ManifestExchange:
     def body(self, chunk: bytes) -> None:
         try:
             self._size += len(chunk)
-            if self._size > self._max_bytes:
+            if self._size > self._watch.max_bytes:
                 self._index_body = None  # an index that large lists nothing we keep
                 self.wants_body = self._hasher is not None
                 if self._hasher is not None:
@@ -147,7 +150,7 @@ class ManifestExchange:
                         "not counted",
                         self._request.repository,
                         self._request.reference,
-                        self._max_bytes,
+                        self._watch.max_bytes,
                     )
                     self.abandon()
                 return
@@ -160,39 +163,36 @@ class ManifestExchange:
 
     def finish(self) -> None:
         """The body went out to the end: record what this exchange was. Counts once."""
-        if self._status != 200:
-            return
-        self._status = 0  # a second call counts nothing
+        digest, hasher = self._digest, self._hasher
+        self._digest = self._hasher = None  # a second call counts nothing
         try:
-            if self._hasher is not None:
-                self._digest = "sha256:" + self._hasher.hexdigest()
-            digest, request = self._digest, self._request
+            if hasher is not None:
+                digest = "sha256:" + hasher.hexdigest()
             if digest is None:
                 return
-            if self._exclude and excluded(self._exclude, Client.of(self._client(self._context))):
+            watch, request = self._watch, self._request
+            recorder = watch.recorder
+            if watch.exclude and excluded(watch.exclude, Client.of(watch.identity(self._context))):
                 if self._method == GET:  # a pull, but not a user's: no count, no date
-                    self._recorder.add_excluded_pull()
+                    recorder.add_excluded_pull()
                 return
-            if self._method == PUT:
-                self._recorder.add_push(request.repository, request.reference, digest)
-            elif self._method != GET:  # a HEAD by tag: a resolution, maybe half of a tag pull
-                if not request.by_digest:
-                    client = self._client(self._context)
-                    self._recorder.add_resolution(
-                        client, request.repository, request.reference, digest
-                    )
-            elif request.by_digest:
-                # A plain digest pull, unless this client just resolved a tag
-                # to this digest with a HEAD (containerd): the store pairs them.
-                client = self._client(self._context)
-                self._recorder.add_digest_fetch(client, request.repository, digest)
-            else:
-                client = self._client(self._context)  # a puller, for unique pullers per day
-                self._recorder.add_tag_pull(request.repository, request.reference, digest, client)
-            if self._index_body is not None:
-                children = _children(self._index_body)
-                if children:
-                    self._recorder.add_index(request.repository, digest, children)
+            if self._method == GET:
+                client = watch.identity(self._context)  # a puller, for unique pullers per day
+                if request.by_digest:
+                    # A plain digest pull, unless this client just resolved a tag
+                    # to this digest with a HEAD (containerd): the store pairs them.
+                    recorder.add_digest_fetch(client, request.repository, digest)
+                else:
+                    recorder.add_tag_pull(request.repository, request.reference, digest, client)
+                if self._index_body is not None:
+                    children = _children(self._index_body)
+                    if children:
+                        recorder.add_index(request.repository, digest, children)
+            elif self._method == PUT:
+                recorder.add_push(request.repository, request.reference, digest)
+            else:  # a HEAD by tag: a resolution, maybe half of a tag pull
+                client = watch.identity(self._context)
+                recorder.add_resolution(client, request.repository, request.reference, digest)
         except Exception:
             self.abandon("record a pull")
 

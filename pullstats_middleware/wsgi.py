@@ -42,7 +42,7 @@ class PullStatsMiddleware(Adapter):
         target = self.target(method, path)
         if target is None:
             return self.app(environ, start_response)
-        if isinstance(target, Router):
+        if type(target) is Router:  # cheaper than isinstance(): Router is final
             return self._statistics(target, path, environ, start_response)
         exchange = self.exchange(target, method, environ)
 

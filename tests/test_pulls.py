@@ -170,6 +170,30 @@ def test_non_manifest_requests_pass_through_untouched(
     assert len(metrics.recorder) == 0
 
 
+@pytest.mark.parametrize(
+    "method, reference, watched",
+    [
+        ("GET", "v1", True),
+        ("HEAD", "v1", True),  # a resolution: half of a containerd tag pull
+        ("PUT", "v1", True),  # a push names the tag
+        ("GET", f"sha256:{'a' * 64}", True),
+        ("HEAD", f"sha256:{'a' * 64}", False),  # records nothing: passed through
+        ("PUT", f"sha256:{'a' * 64}", False),
+        ("DELETE", "v1", False),
+    ],
+)
+def test_the_adapters_watch_only_exchanges_that_can_record(
+    kind: str, metrics: PullMetrics, method: str, reference: str, watched: bool
+) -> None:
+    from pullstats_middleware import PullStatsASGIMiddleware, PullStatsMiddleware
+
+    adapter = PullStatsMiddleware if kind == "wsgi" else PullStatsASGIMiddleware
+    target = adapter(None, metrics=metrics).target(method, f"/v2/a/b/manifests/{reference}")
+    assert (target is not None) == watched
+    if watched:
+        assert (target.repository, target.reference) == ("a/b", reference)  # type: ignore[union-attr]
+
+
 def test_wsgi_counts_when_the_body_is_read_to_the_end_without_close(
     registry: MemoryRegistry, metrics: PullMetrics
 ) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, final
 
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import BaseConverter, Map, Rule
@@ -128,6 +128,7 @@ def _run(handler: Handler, context: RouteContext) -> Response:
         return error(500, "the statistics route failed")
 
 
+@final  # the adapters test `type(target) is Router` on every request
 class Router:
     __slots__ = ("_auth", "_metrics", "_prefix", "_routes", "_urls", "roots", "routes")
 
