@@ -91,8 +91,6 @@ class PullStatsASGIMiddleware(Adapter):
     def _identity(self, scope: Scope) -> str:
         """The client's identity (puller.identity): built straight from the scope, since
         every manifest pull asks for it."""
-        # ASGI header names are lower-case; the last of repeated headers wins. One dict,
-        # built in C, costs less than a loop over the headers in Python.
         authorization = user_agent = forwarded = b""
         for name, value in scope.get("headers", ()):
             # ASGI header names are lower-case; the last of repeated headers wins.

@@ -72,7 +72,7 @@ class PullBuffer:
     # the lock once, and the client joins its entry's set inline (the set is created
     # on the first client only: track_tag_pull() calls without one, and a million keys
     # of empty sets would double the buffer's memory). Counted in instructions (valgrind),
-    # a Python call on this path costs about 1,100, `with lock:` twice what acquire()
+    # a Python call on this path costs about 1,000, `with lock:` twice what acquire()
     # and release() in try/finally cost, and `int(now // 86400)` twice the _today check.
 
     def add_tag_pull(
