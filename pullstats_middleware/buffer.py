@@ -40,8 +40,7 @@ class PullBuffer:
 
     def _reset_buffer(self) -> None:
         self._lock = threading.Lock()
-        # (UTC day, its first second, the next day's first): a pull's day is read from
-        # here while the day lasts, two comparisons instead of a division (_new_day).
+        # (UTC day, its first second, the next's): a pull's day, read by two comparisons.
         self._today = (0, 0.0, 0.0)
         # Keyed by UTC day too, so a count never straddles midnight: daily history
         # stays exact however long the store is away.
@@ -49,14 +48,12 @@ class PullBuffer:
         # for unique pullers per day), or None when none was given
         self._tags: dict[tuple[str, str, int], list[Any]] = {}
         self._manifests: dict[tuple[str, str, int], list[Any]] = {}  # -> [count, ts, clients]
-        # Attribution events per (client, repository, digest), in order, each as
-        # [tag, ts]: the tag a HEAD resolved, or None for a GET by digest; the
-        # recorder's thread builds the Resolution and DigestFetch events (_take_buffer).
-        # A run of repeats is folded, so a busy key holds a few events, not one each:
-        # the store pairs a GET with a waiting HEAD, else keeps the *first* unpaired
-        # GET; it keeps the *last* HEAD. So in a run of repeats a third GET changes
-        # nothing (it is not added), and a HEAD that follows two HEADs of the same tag
-        # takes the second's place (the second's time moves on to its own, in place).
+        # Attribution events per (client, repository, digest), in order, as [tag, ts]:
+        # the tag a HEAD resolved, or None for a GET by digest (_take_buffer builds the
+        # store's events). Runs of repeats fold: the store pairs a GET with a waiting
+        # HEAD, else keeps the *first* unpaired GET, and keeps the *last* HEAD; so a
+        # third GET in a row is not added, and a HEAD after two of the same tag takes
+        # the second's place (its time moves on, in place).
         self._events: dict[tuple[str, str, str], list[list[Any]]] = {}
         self._event_count = 0
         self._indexes: dict[tuple[str, str], tuple[str, ...]] = {}  # index -> its children
@@ -69,11 +66,10 @@ class PullBuffer:
         raise NotImplementedError
 
     # The adds below run for every manifest pull, on the request's thread: each takes
-    # the lock once, and the client joins its entry's set inline (the set is created
-    # on the first client only: track_tag_pull() calls without one, and a million keys
-    # of empty sets would double the buffer's memory). Counted in instructions (valgrind),
-    # a Python call on this path costs about 1,000, `with lock:` twice what acquire()
-    # and release() in try/finally cost, and `int(now // 86400)` twice the _today check.
+    # the lock once, and the client joins its entry's set inline (created on the first
+    # client only: a million keys of empty sets would double the buffer's memory). In
+    # instructions (valgrind), a Python call here costs about 1,000, `with lock:` twice
+    # acquire() and release() in try/finally, `int(now // 86400)` twice the _today check.
 
     def add_tag_pull(
         self, repository: str, tag: str, digest: str, client: str | None = None
@@ -102,7 +98,7 @@ class PullBuffer:
                 return
             else:
                 self._tags[tag_key] = [1, now, digest, None if client is None else {client}]
-            # _count_manifest(), inlined: a tag pull is the commonest pull of all.
+            # The manifest's count, as in add_manifest_pull(): a tag pull counts both.
             counter = self._manifests.get(manifest_key)
             if counter is not None:
                 counter[0] += 1
@@ -131,27 +127,24 @@ class PullBuffer:
         self, repository: str, digest: str, now: float | None = None, client: str | None = None
     ) -> None:
         now = _now() if now is None else now
+        key = (repository, digest, int(now // 86400))
         with self._lock:
-            self._count_manifest((repository, digest, int(now // 86400)), now, client)
+            counter = self._manifests.get(key)
+            if counter is not None:
+                counter[0] += 1
+                if now > counter[1]:
+                    counter[1] = now
+                if client is not None:
+                    if counter[2] is None:
+                        counter[2] = {client}
+                    else:
+                        counter[2].add(client)
+            elif self._full():
+                self._drop()
+            else:
+                self._manifests[key] = [1, now, None if client is None else {client}]
         if self._thread is None:
             self._start()
-
-    def _count_manifest(self, key: tuple[str, str, int], now: float, client: str | None) -> None:
-        """One pull of a manifest; the caller holds the lock."""
-        counter = self._manifests.get(key)
-        if counter is not None:
-            counter[0] += 1
-            if now > counter[1]:
-                counter[1] = now
-            if client is not None:
-                if counter[2] is None:
-                    counter[2] = {client}
-                else:
-                    counter[2].add(client)
-        elif self._full():
-            self._drop()
-        else:
-            self._manifests[key] = [1, now, None if client is None else {client}]
 
     def add_attribution_event(self, event: Resolution | DigestFetch) -> None:
         """A HEAD by tag or a GET by digest, at the time the event names."""
@@ -198,8 +191,7 @@ class PullBuffer:
             # Folded after two GETs: a third changes nothing.
             if run is None or len(run) < 2 or run[-1][0] is not None or run[-2][0] is not None:
                 self._add_event(key, run, [None, now])
-            # The fetched manifest counts whatever the pairing decides: _count_manifest(),
-            # inlined, as in add_tag_pull.
+            # The fetched manifest counts whatever the pairing decides (add_manifest_pull()).
             manifest_key = (repository, digest, day)
             counter = self._manifests.get(manifest_key)
             if counter is not None:
@@ -266,20 +258,12 @@ class PullBuffer:
 
     def _full(self) -> bool:
         # Batches waiting for the store count too: memory stays under one cap.
-        held = len(self._tags) + len(self._manifests) + len(self._indexes) + len(self._pushes)
-        held += self._event_count
-        held += self._pending_keys
-        return held >= self.max_keys
+        return len(self) + self._pending_keys >= self.max_keys
 
     def _drop(self) -> None:
         self.dropped += 1
-        self._warn(
-            "full",
-            "pull statistics buffer is full (%d keys); new keys are dropped "
-            "(%d so far) until the store catches up",
-            self.max_keys,
-            self.dropped,
-        )
+        message = "pull statistics buffer is full (%d keys); new keys are dropped (%d so far)"
+        self._warn("full", message + " until the store catches up", self.max_keys, self.dropped)
 
     def _warn(self, kind: str, message: str, *args: object) -> None:
         now = time.monotonic()
