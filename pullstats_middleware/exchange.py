@@ -188,6 +188,8 @@ class ManifestExchange:
                     children = _children(self._index_body)
                     if children:
                         recorder.add_index(request.repository, digest, children)
+            elif request.by_digest:
+                return  # a HEAD or PUT by digest names no tag (the adapters pass them by)
             elif self._method == PUT:
                 recorder.add_push(request.repository, request.reference, digest)
             else:  # a HEAD by tag: a resolution, maybe half of a tag pull

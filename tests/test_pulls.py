@@ -194,6 +194,22 @@ def test_the_adapters_watch_only_exchanges_that_can_record(
         assert (target.repository, target.reference) == ("a/b", reference)  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("method, status", [("HEAD", 200), ("PUT", 201)])
+def test_an_exchange_of_a_head_or_put_by_digest_records_nothing(
+    metrics: PullMetrics, method: str, status: int
+) -> None:
+    """Even built directly, not through an adapter's target()."""
+    from pullstats_middleware.exchange import ManifestExchange, Watch
+    from pullstats_middleware.matchers import ManifestRequest
+
+    digest = "sha256:" + "a" * 64
+    watch = Watch(metrics.recorder, lambda context: "client", 4 * 2**20)
+    exchange = ManifestExchange(watch, ManifestRequest("a/b", digest, True), method, None)
+    exchange.start(status, [(b"docker-content-digest", digest.encode())])
+    exchange.finish()
+    assert len(metrics.recorder) == 0
+
+
 def test_wsgi_counts_when_the_body_is_read_to_the_end_without_close(
     registry: MemoryRegistry, metrics: PullMetrics
 ) -> None:
