@@ -185,20 +185,28 @@ def percentile(samples: list[float], p: float) -> float:
 
 
 def tree_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of `pid` and all its living descendants."""
-    tick = os.sysconf("SC_CLK_TCK")
+    """CPU seconds (user + system) of `pid` and all its living descendants.
+
+    Read from each process's CPU-time clock (Linux: clock_getcpuclockid(), which
+    Python does not wrap, is the clock id `~pid << 3 | 2`), in nanoseconds, with
+    the time of threads that exited; /proc/<pid>/stat counts in clock ticks (10 ms,
+    0.5 µs a request over 20,000)."""
     total, todo = 0.0, [pid]
     while todo:
         current = todo.pop()
         try:
-            stat = Path(f"/proc/{current}/stat").read_text()
-            fields = stat[stat.rindex(")") + 2 :].split()
-            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+            total += time.clock_gettime(_cpu_clock(current))
             for task in Path(f"/proc/{current}/task").iterdir():
                 todo += [int(c) for c in (task / "children").read_text().split()]
-        except (FileNotFoundError, ProcessLookupError):
+        except OSError:  # it exited: FileNotFoundError, or EINVAL from the clock
             continue
     return total
+
+
+def _cpu_clock(pid: int) -> int:
+    """The id of the CPU-time clock of process `pid` (the kernel's MAKE_PROCESS_CPUCLOCK
+    of CPUCLOCK_SCHED: user + system time, as utime + stime)."""
+    return (~pid << 3) | 2
 
 
 def curl_mib_s(url: str) -> float:
