@@ -18,14 +18,14 @@ each round the set-ups run back to back, so the added CPU is the median of the
 rounds' differences, with its 95 % confidence interval and the middle half of
 them. On a shared machine one run can differ from the next by a third, and the
 drift is slow: many short rounds (75 of 4,000 requests, a quarter of a second
-each) pair runs the drift has not reached, where 15 rounds of 20,000 left the
-middle half of the differences 4 to 15 µs wide. The target is "met" when the
-whole interval is at or under it, "not met" when the whole interval is over
-it, else "undecided". Then the exact-count check of the Redis runs: the pulls
-each wrapped server wrote (read after its SIGTERM) against the GETs it answered
-200. `--compare DIR` adds the wrapped example served
-with the pullstats_middleware package found in DIR (an older checkout, say)
-to the same rounds, counting into Redis database 1.
+each) pair runs the drift has not reached. On one machine, 15 rounds of 20,000
+left the middle half of the differences 4 to 12 µs wide, 75 rounds of 4,000
+2 to 5 µs. The target is "met" when the whole interval is at or under it, "not
+met" when the whole interval is over it, else "undecided". Then the
+exact-count check of the Redis runs: the pulls each wrapped server wrote (read
+after its SIGTERM) against the GETs it answered 200. `--compare DIR` adds the
+wrapped example served with the pullstats_middleware package found in DIR (an
+older checkout, say) to the same rounds, counting into Redis database 1.
 Needs redis-server and h2load (nghttp2-client); asserts nothing.
 """
 

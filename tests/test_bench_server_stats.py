@@ -15,8 +15,8 @@ def test_the_interval_of_the_median_is_read_off_the_binomial_ranks() -> None:
     # n = 75: P(Binomial(75, 1/2) <= 28) = 0.0185, <= 29 = 0.0320: the 29th smallest
     # to the 29th largest.
     assert median_interval([float(i) for i in range(75)]) == (28.0, 46.0)
-    assert median_interval([float(i) for i in range(6)]) == (0.0, 5.0)  # 1/32 < 0.025
-    assert median_interval([float(i) for i in range(5)]) is None  # 1/16: too few
+    assert median_interval([float(i) for i in range(6)]) == (0.0, 5.0)  # 1/64 <= 0.025
+    assert median_interval([float(i) for i in range(5)]) is None  # 1/32 > 0.025: too few
 
 
 def test_the_interval_holds_the_true_median_about_95_times_in_100() -> None:
